@@ -1,0 +1,21 @@
+# FACap / FashionBLIP-2: build a fashion composed-image-retrieval dataset and train and evaluate
+# FashionBLIP-2 on it. `snakemake --cores 2 all` runs the embedded default (a synthetic world).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/sources.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,3 @@
+"""FACap dataset construction and the FashionBLIP-2 model for fashion composed image retrieval."""
+
+__version__ = "0.1.0"

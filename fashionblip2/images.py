@@ -1,0 +1,65 @@
+"""Opening images the way every stage of the workflow does, and checking them once up front."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+VERIFY_LEVELS = ("exists", "header", "decode")
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What a check of one image file found. ``problem`` is set when the image cannot be used."""
+
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    problem: str | None = None
+
+
+def check_image(path: str | os.PathLike[str], level: str = "decode") -> ImageCheck:
+    """Check one image file.
+
+    ``exists`` only stats the file; ``header`` also reads size and mode; ``decode`` decodes the
+    whole image, which is the only level that finds truncated files.
+    """
+    if level not in VERIFY_LEVELS:
+        raise ValueError(f"unknown image check level {level!r}; expected one of {VERIFY_LEVELS}")
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return ImageCheck(problem="image missing")
+    except OSError as e:
+        return ImageCheck(problem=f"image unreadable: {e.strerror}")
+    if size == 0:
+        return ImageCheck(problem="image is an empty file")
+    if level == "exists":
+        return ImageCheck()
+    try:
+        with Image.open(path) as img:
+            width, height, mode = img.width, img.height, img.mode
+            if level == "decode":
+                img.load()
+    except UnidentifiedImageError:
+        return ImageCheck(problem="not an image: the format is not recognised")
+    except (OSError, SyntaxError, ValueError) as e:
+        # PIL reports truncated and corrupt data as OSError ("image file is truncated ...").
+        return ImageCheck(problem=f"image is truncated or corrupt: {e}")
+    return ImageCheck(width=width, height=height, mode=mode)
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image as RGB. Grayscale, palette, CMYK and alpha images are converted (alpha over white)."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode == "RGB":
+            return img.copy()
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (255, 255, 255))
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            return background
+        return img.convert("RGB")

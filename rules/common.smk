@@ -1,0 +1,52 @@
+# Paths, input functions and config helpers shared by every rule file (no rules here).
+import json
+import os
+
+SYNTHETIC_WORLD = "data/synthetic/world"
+# The ground truth of the synthetic world. Only evaluation rules may take it as input: a rule that
+# builds the dataset or trains a model must never see it (tests/test_workflow.py checks this).
+GROUND_TRUTH = "data/synthetic/ground_truth.parquet"
+
+MANIFEST = "data/manifest/images.parquet"
+MANIFEST_TRIPLETS = "data/manifest/fashioniq_triplets.parquet"
+MANIFEST_REPORT = "data/manifest/report.json"
+MANIFEST_ISSUES = "data/manifest/issues.tsv"
+
+
+def enabled_sources():
+    return {name: spec for name, spec in config["sources"].items() if spec.get("enabled", True)}
+
+
+def uses_synthetic_world():
+    return any(spec.get("root") == "synthetic" for spec in enabled_sources().values())
+
+
+def resolved_sources():
+    """The enabled sources with "synthetic" roots replaced by the generated world's folders."""
+    out = {}
+    for name, spec in enabled_sources().items():
+        spec = dict(spec)
+        if spec.get("root") == "synthetic":
+            spec["root"] = os.path.join(SYNTHETIC_WORLD, name)
+        out[name] = spec
+    return out
+
+
+def manifest_inputs(wildcards):
+    """The generated world, or the user's own source folders and catalogue (so a missing one fails early)."""
+    inputs = [SYNTHETIC_WORLD] if uses_synthetic_world() else []
+    for name, spec in enabled_sources().items():
+        if name == "catalogue":
+            inputs.append(spec["path"])
+        elif spec.get("root") != "synthetic":
+            inputs.append(spec["root"])
+    return inputs
+
+
+def rule_resources(rule_name, key, default):
+    return config.get("resources", {}).get(rule_name, {}).get(key, default)
+
+
+def all_targets():
+    """Everything `snakemake all` builds; it grows as stages land."""
+    return [MANIFEST, MANIFEST_TRIPLETS, MANIFEST_REPORT, MANIFEST_ISSUES]

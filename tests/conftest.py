@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fashionblip2.synthetic import WorldSpec, generate_world
+
+REPO = Path(__file__).resolve().parents[1]
+# The real FashionIQ annotation files live beside the repository, never inside it (CDLA licence).
+SHARED_FASHIONIQ = REPO.parent / "shared" / "data" / "fashion-iq"
+
+TINY_SPEC = {
+    "seed": 3,
+    "image_size": 40,
+    "fashion200k": {"items_per_category": 3, "min_views": 1, "max_views": 2},
+    "deepfashion_mm": {"items": 8, "min_views": 1, "max_views": 2, "missing_caption": 0.0, "missing_shape": 0.0},
+    "fashioniq": {
+        "images": {"train": 6, "val": 5, "test": 3},
+        "triplets": {"train": 5, "val": 4, "test": 2},
+        "missing_images": 0.0,
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_world_session(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("world")
+    generate_world(WorldSpec.from_dict(TINY_SPEC), root / "world", root / "truth.parquet", progress=False)
+    return root / "world", root / "truth.parquet"
+
+
+@pytest.fixture
+def tiny_world(tiny_world_session, tmp_path) -> tuple[Path, Path]:
+    """A private copy of the tiny world, so a test may damage it."""
+    world, truth = tiny_world_session
+    shutil.copytree(world, tmp_path / "world")
+    shutil.copy(truth, tmp_path / "truth.parquet")
+    return tmp_path / "world", tmp_path / "truth.parquet"
+
+
+@pytest.fixture
+def shared_fashioniq() -> Path:
+    if not (SHARED_FASHIONIQ / "captions").is_dir():
+        pytest.skip(f"the real FashionIQ annotation files are not at {SHARED_FASHIONIQ}")
+    return SHARED_FASHIONIQ

@@ -1,0 +1,133 @@
+"""The real Snakefile, run by Snakemake on the tiny preset in a temporary copy of the workflow."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "config", "rules", "envs", "workflow_scripts"]
+# Rules allowed to read the synthetic world's ground truth (evaluation only).
+GROUND_TRUTH_READERS: set[str] = set()
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=900
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    return tmp_path
+
+
+@pytest.mark.e2e
+def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
+    snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
+    for tree in ("fashion200k/labels", "deepfashion_mm/labels/shape", "fashioniq/captions"):
+        assert (workflow_copy / "data/synthetic/world" / tree).is_dir()
+    images = pd.read_parquet(workflow_copy / "data/manifest/images.parquet")
+    assert set(images.source) == {"fashion200k", "deepfashion_mm", "fashioniq"}
+    assert all((workflow_copy / p).exists() for p in images.path)
+    report = json.loads((workflow_copy / "data/manifest/report.json").read_text())
+    assert report["provenance"]["data"] == "synthetic" and report["provenance"]["run_name"] == "test"
+    assert report["images_kept"] == images.groupby("source").size().to_dict()
+    # The test preset's world misses some FashionIQ images: they are reported, not silently dropped.
+    issues = pd.read_csv(workflow_copy / "data/manifest/issues.tsv", sep="\t")
+    assert report["skipped"] == len(issues) > 0 and set(issues.source) == {"fashioniq"}
+    assert (workflow_copy / "logs/sources/manifest.log").read_text().strip()
+
+    again = snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_lint_is_clean(workflow_copy):
+    proc = snakemake(workflow_copy, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("manifest:\n  verify_imagez: decode\n", "'verify_imagez' was unexpected"),
+        ("synthetic:\n  fashion200k:\n    items_per_category: lots\n", "['fashion200k']['items_per_category']"),
+        ("sources:\n  catalogue:\n    enabled: true\n    path: ''\n", "['catalogue']['path']"),
+    ],
+)
+def test_bad_config_stops_the_run_naming_the_key(workflow_copy, override, named):
+    (workflow_copy / "bad.yaml").write_text(override)
+    proc = snakemake(workflow_copy, "-n", "--configfile", "bad.yaml", check=False)
+    assert proc.returncode != 0
+    assert named in proc.stdout + proc.stderr
+    assert not (workflow_copy / "data").exists()
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "config/presets").glob("*.yaml")))
+def test_presets_validate(preset):
+    config = deep_merge(
+        yaml.safe_load((REPO / "config.yaml").read_text()),
+        yaml.safe_load((REPO / "config/presets" / preset).read_text()),
+    )
+    validate(config, str(REPO / "config/schema.yaml"))
+
+
+def test_only_evaluation_rules_read_the_ground_truth():
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)", smk.read_text(), flags=re.M):
+            inputs = re.search(r"^    input:\n((?:        .*\n)+)", body, flags=re.M)
+            if inputs and "GROUND_TRUTH" in inputs.group(1):
+                assert name in GROUND_TRUTH_READERS, f"rule {name} ({smk.name}) reads the ground truth"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "workflow_scripts").glob("*.py")))
+def test_workflow_scripts_run_by_hand(script):
+    proc = subprocess.run(
+        [sys.executable, REPO / "workflow_scripts" / script, "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "usage:" in proc.stdout and "Example" in proc.stdout
+
+
+def test_a_bad_source_root_fails_with_a_clear_message(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            REPO / "workflow_scripts/build_manifest.py",
+            "--sources",
+            json.dumps({"fashion200k": {"root": str(tmp_path)}}),
+            "--images",
+            str(tmp_path / "i.parquet"),
+            "--triplets",
+            str(tmp_path / "t.parquet"),
+            "--report",
+            str(tmp_path / "r.json"),
+            "--issues",
+            str(tmp_path / "x.tsv"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "check sources.fashion200k.root" in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())
