@@ -8,6 +8,8 @@ CORES ?= 2
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 export HF_HUB_OFFLINE := 1
+# Rules call `python`: make it the project's environment, activated or not.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install demo test lint clean-results
 

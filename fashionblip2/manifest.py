@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,11 +160,6 @@ def manifest_summary(result: ManifestResult, extra: dict[str, Any] | None = None
         "issues_by_source": result.report.summary(),
         **(extra or {}),
     }
-
-
-def iter_attributes(frame: pd.DataFrame) -> Iterable[dict[str, str]]:
-    """The ``attributes`` column decoded, row by row."""
-    return (json.loads(a) for a in frame["attributes"])
 
 
 def resolve_roots(

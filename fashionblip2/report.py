@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
@@ -73,11 +72,3 @@ class InputReport:
         columns = ["source", "file", "line", "record", "reason", "action"]
         frame = pd.DataFrame([asdict(i) for i in self.issues], columns=columns)
         return frame.astype({"line": "Int64"})
-
-
-def relpath(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
-    """``path`` relative to ``root`` when it lies below it, for short, stable report lines."""
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return str(path)

@@ -112,14 +112,16 @@ def test_fashioniq_entry_without_target_is_skipped_and_counted(tiny_world):
     rows = json.loads(path.read_text())
     del rows[1]["target"]
     rows[2]["captions"] = []
-    path.write_text(json.dumps(rows))
+    path.write_text(json.dumps(rows, indent=4))
     report = InputReport()
     triplets = read_fashioniq_triplets(world / "fashioniq", report, categories=["dress"], splits=["train"])
     assert len(triplets) == len(rows) - 2
     frame = report.to_frame()
     assert frame.reason.tolist() == ["entry without target", "entry without captions"]
     assert frame.record.iloc[0].startswith("entry 1 (") and frame.file.iloc[0] == "captions/cap.dress.train.json"
-    with pytest.raises(BadInputError, match="cap.dress.train.json: entry without target"):
+    text = path.read_text().splitlines()
+    assert frame.line.tolist() == [i + 1 for i, t in enumerate(text) if t == "    {"][1:3]
+    with pytest.raises(BadInputError, match=r"cap.dress.train.json:\d+: entry without target"):
         read_fashioniq_triplets(world / "fashioniq", InputReport(strict=True), categories=["dress"], splits=["train"])
 
 
@@ -145,6 +147,9 @@ def test_real_fashioniq_without_images_reports_every_missing_image(shared_fashio
     missing = report.to_frame()
     assert missing.record.nunique() == 25_136  # one line per (image, caption file)
     assert not missing.duplicated(["record", "file"]).any()
+    first = missing.iloc[0]  # points at the first entry of its caption file that uses the image
+    lines = (shared_fashioniq / first.file).read_text().splitlines()
+    assert first.record in lines[first.line + 1] or first.record in lines[first.line]
     assert missing.reason.str.match(r"triplet image missing: \d+ triplet\(s\) skipped").all()
     with pytest.raises(BadInputError, match="triplet image missing"):
         check_triplet_images(triplets, available=set(), report=InputReport(strict=True))

@@ -1,6 +1,7 @@
 """The real Snakefile, run by Snakemake on the tiny preset in a temporary copy of the workflow."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,8 +20,10 @@ GROUND_TRUTH_READERS: set[str] = set()
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # Rules call `python`: it must be this interpreter's environment, as after `make` or an activation.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=900, env=env
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
