@@ -13,6 +13,7 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/sources.smk"
+include: "rules/pairing.smk"
 
 
 rule all:

@@ -12,6 +12,17 @@ MANIFEST_TRIPLETS = "data/manifest/fashioniq_triplets.parquet"
 MANIFEST_REPORT = "data/manifest/report.json"
 MANIFEST_ISSUES = "data/manifest/issues.tsv"
 
+# Shards keep stable names ({shard} over range(shards)), so a preempted shard reruns alone.
+EMBEDDING_SHARD = "data/embeddings/shards/{shard}.npz"
+EMBEDDINGS = "data/embeddings/images.npz"
+EMBEDDINGS_REPORT = "data/embeddings/report.json"
+PAIRS = "data/pairs/pairs.parquet"
+PAIRS_REPORT = "data/pairs/report.json"
+
+
+wildcard_constraints:
+    shard=r"\d+",
+
 
 def enabled_sources():
     return {name: spec for name, spec in config["sources"].items() if spec.get("enabled", True)}
@@ -43,10 +54,19 @@ def manifest_inputs(wildcards):
     return inputs
 
 
+def data_kind():
+    """Recorded in reports: the synthetic world, or real data."""
+    return "synthetic" if uses_synthetic_world() else "real"
+
+
+def embedding_shards():
+    return expand(EMBEDDING_SHARD, shard=range(config["embedding"]["shards"]))
+
+
 def rule_resources(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
 def all_targets():
     """Everything `snakemake all` builds; it grows as stages land."""
-    return [MANIFEST, MANIFEST_TRIPLETS, MANIFEST_REPORT, MANIFEST_ISSUES]
+    return [MANIFEST, MANIFEST_TRIPLETS, MANIFEST_REPORT, MANIFEST_ISSUES, EMBEDDINGS_REPORT, PAIRS, PAIRS_REPORT]

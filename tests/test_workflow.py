@@ -54,6 +54,19 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
     assert report["skipped"] == len(issues) > 0 and set(issues.source) == {"fashioniq"}
     assert (workflow_copy / "logs/sources/manifest.log").read_text().strip()
 
+    # Pairing: every image paired within its source and category, never with a view of its own item.
+    pairs = pd.read_parquet(workflow_copy / "data/pairs/pairs.parquet")
+    lookup = images.set_index("image_id")
+    ref, tgt = lookup.loc[pairs.reference_id], lookup.loc[pairs.target_id]
+    assert len(pairs) > 0 and (ref.item_id.to_numpy() != tgt.item_id.to_numpy()).all()
+    assert (ref.category.to_numpy() == tgt.category.to_numpy()).all()
+    assert (ref.source.to_numpy() == tgt.source.to_numpy()).all()
+    assert set(ref[ref.source == "fashioniq"].split) == {"val"}
+    embedded = json.loads((workflow_copy / "data/embeddings/report.json").read_text())
+    pair_report = json.loads((workflow_copy / "data/pairs/report.json").read_text())
+    assert embedded["embedded"] == pair_report["images"] == len(pairs) + pair_report["unpaired"]
+    assert sorted(p.name for p in (workflow_copy / "data/embeddings/shards").iterdir()) == ["0.npz", "1.npz"]
+
     again = snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
 

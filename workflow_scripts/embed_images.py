@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Embed one shard of the images to pair with an open_clip image encoder (L2-normalised float32).
+
+Images that fail to decode are skipped and recorded in the shard file with the reason.
+
+Example:
+    python workflow_scripts/embed_images.py --manifest data/manifest/images.parquet \\
+        --shard 0 --shards 4 --model ViT-L-14 --pretrained /models/clip/vit-l-14.bin \\
+        --out data/embeddings/shards/0.npz
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.embedding import (  # noqa: E402
+    EmbeddingFile,
+    embed_images,
+    load_image_encoder,
+    shard_bounds,
+)
+from fashionblip2.pairing import select_for_pairing  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", required=True, help="the image manifest (Parquet)")
+    parser.add_argument("--shard", type=int, required=True, help="which shard, from 0")
+    parser.add_argument("--shards", type=int, required=True, help="how many shards in all")
+    parser.add_argument(
+        "--sources",
+        default='["fashion200k", "deepfashion_mm", "catalogue", "fashioniq"]',
+        help="JSON list of manifest sources to embed",
+    )
+    parser.add_argument("--fashioniq-splits", default='["val"]', help="JSON list of FashionIQ splits to embed")
+    parser.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-L-14 or FACap-tiny-ViT")
+    parser.add_argument("--pretrained", default="", help="local checkpoint file; empty: random init")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds a randomly initialised model")
+    parser.add_argument("--out", required=True, help="output shard (.npz)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    setup_logging()
+    log = logging.getLogger("embed_images")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # a random-init model must be the same in every shard
+
+    images = select_for_pairing(
+        pd.read_parquet(args.manifest), json.loads(args.sources), json.loads(args.fashioniq_splits)
+    )
+    start, end = shard_bounds(len(images), args.shards, args.shard)
+    shard = images.iloc[start:end]
+    model, preprocess = load_image_encoder(args.model, args.pretrained, args.device)
+    result = embed_images(
+        shard["path"].tolist(),
+        model,
+        preprocess,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        precision=args.precision,
+        progress=not args.no_progress,
+    )
+    ids = shard["image_id"].to_numpy()
+    failed = sorted(result.failures)
+    EmbeddingFile(
+        image_ids=ids[result.indices],
+        vectors=result.vectors,
+        failed_ids=ids[failed] if failed else np.zeros(0, str),
+        failed_reasons=np.array([result.failures[i] for i in failed], dtype=str),
+    ).save(args.out)
+    log.info(
+        "shard %d/%d: rows %d-%d, %d embedded, %d failed to decode",
+        args.shard,
+        args.shards,
+        start,
+        end,
+        len(result.indices),
+        len(failed),
+    )
+    for i in failed:
+        log.warning("skipped %s: %s", ids[i], result.failures[i])
+
+
+if __name__ == "__main__":
+    run_main(main)
