@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -24,3 +26,25 @@ def run_main(main: Callable[[], None]) -> None:
     except (BadInputError, FileExistsError) as e:
         logging.getLogger("fashionblip2").error("%s", e)
         sys.exit(2)
+
+
+def add_pairing_selection(parser: argparse.ArgumentParser) -> None:
+    """--manifest, --sources, --fashioniq-splits: which manifest images are embedded and paired."""
+    parser.add_argument("--manifest", required=True, help="the image manifest (Parquet)")
+    parser.add_argument(
+        "--sources",
+        default='["fashion200k", "deepfashion_mm", "catalogue", "fashioniq"]',
+        help="JSON list of manifest sources to embed and pair",
+    )
+    parser.add_argument("--fashioniq-splits", default='["val"]', help="JSON list of FashionIQ splits to embed and pair")
+
+
+def selected_images(args: argparse.Namespace):
+    """The manifest rows chosen by :func:`add_pairing_selection`'s arguments."""
+    import pandas as pd
+
+    from fashionblip2.pairing import select_for_pairing
+
+    return select_for_pairing(
+        pd.read_parquet(args.manifest), json.loads(args.sources), json.loads(args.fashioniq_splits)
+    )

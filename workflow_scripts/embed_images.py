@@ -10,7 +10,6 @@ Example:
 """
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,30 +17,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_pairing_selection, run_main, selected_images, setup_logging  # noqa: E402
 from fashionblip2.embedding import (  # noqa: E402
     EmbeddingFile,
     embed_images,
     load_image_encoder,
     shard_bounds,
 )
-from fashionblip2.pairing import select_for_pairing  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest", required=True, help="the image manifest (Parquet)")
+    add_pairing_selection(parser)
     parser.add_argument("--shard", type=int, required=True, help="which shard, from 0")
     parser.add_argument("--shards", type=int, required=True, help="how many shards in all")
-    parser.add_argument(
-        "--sources",
-        default='["fashion200k", "deepfashion_mm", "catalogue", "fashioniq"]',
-        help="JSON list of manifest sources to embed",
-    )
-    parser.add_argument("--fashioniq-splits", default='["val"]', help="JSON list of FashionIQ splits to embed")
     parser.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-L-14 or FACap-tiny-ViT")
     parser.add_argument("--pretrained", default="", help="local checkpoint file; empty: random init")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -59,9 +50,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # a random-init model must be the same in every shard
 
-    images = select_for_pairing(
-        pd.read_parquet(args.manifest), json.loads(args.sources), json.loads(args.fashioniq_splits)
-    )
+    images = selected_images(args)
     start, end = shard_bounds(len(images), args.shards, args.shard)
     shard = images.iloc[start:end]
     model, preprocess = load_image_encoder(args.model, args.pretrained, args.device)

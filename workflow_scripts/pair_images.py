@@ -9,23 +9,20 @@ Example:
 """
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_pairing_selection, run_main, selected_images, setup_logging  # noqa: E402
 from fashionblip2.embedding import EmbeddingFile  # noqa: E402
 from fashionblip2.io import write_json_atomic, write_parquet_atomic  # noqa: E402
 from fashionblip2.pairing import (  # noqa: E402
     ENGINES,
     align_embeddings,
     pair_groups,
-    select_for_pairing,
     similarity_summary,
 )
 from fashionblip2.provenance import provenance  # noqa: E402
@@ -33,14 +30,8 @@ from fashionblip2.provenance import provenance  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest", required=True)
+    add_pairing_selection(parser)
     parser.add_argument("--embeddings", required=True)
-    parser.add_argument(
-        "--sources",
-        default='["fashion200k", "deepfashion_mm", "catalogue", "fashioniq"]',
-        help="JSON list of manifest sources to pair",
-    )
-    parser.add_argument("--fashioniq-splits", default='["val"]', help="JSON list of FashionIQ splits to pair")
     parser.add_argument("--top-k", type=int, default=20, help="the partner is drawn among this many neighbours")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=ENGINES, default="blocked", help="exact search engine")
@@ -54,9 +45,7 @@ def main() -> None:
     setup_logging()
     log = logging.getLogger("pair_images")
 
-    images = select_for_pairing(
-        pd.read_parquet(args.manifest), json.loads(args.sources), json.loads(args.fashioniq_splits)
-    )
+    images = selected_images(args)
     emb = EmbeddingFile.load(args.embeddings)
     images, vectors, skipped = align_embeddings(
         images, emb.image_ids, emb.vectors, emb.failed_ids, where=f"{args.manifest} vs {args.embeddings}"
