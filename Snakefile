@@ -12,8 +12,16 @@ validate(config, "config/schema.yaml")
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    shard=r"\d+",
+
+
+
 include: "rules/sources.smk"
 include: "rules/pairing.smk"
+include: "rules/annotation.smk"
 
 
 rule all:

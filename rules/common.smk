@@ -18,10 +18,16 @@ EMBEDDINGS = "data/embeddings/images.npz"
 EMBEDDINGS_REPORT = "data/embeddings/report.json"
 PAIRS = "data/pairs/pairs.parquet"
 PAIRS_REPORT = "data/pairs/report.json"
+CAPTION_SHARD = "data/annotation/captions/{shard}.parquet"
+CAPTIONS = "data/annotation/captions.parquet"
+CAPTIONS_REPORT = "data/annotation/captions_report.json"
+MODIFICATION_SHARD = "data/annotation/modifications/{shard}.parquet"
+MODIFICATIONS = "data/annotation/modifications.parquet"
+MODIFICATIONS_REPORT = "data/annotation/modifications_report.json"
+FACAP = "data/facap"
+ENHFASHIONIQ = "data/enhfashioniq"
+TABLE1 = "results/tables/table1.md"
 
-
-wildcard_constraints:
-    shard=r"\d+",
 
 
 def enabled_sources():
@@ -63,10 +69,26 @@ def embedding_shards():
     return expand(EMBEDDING_SHARD, shard=range(config["embedding"]["shards"]))
 
 
+def annotation_shards(pattern):
+    return expand(pattern, shard=range(config["annotation"]["shards"]))
+
+
+def fashioniq_root():
+    """The FashionIQ folder (for reading its annotation files)."""
+    spec = config["sources"]["fashioniq"]
+    return os.path.join(SYNTHETIC_WORLD, "fashioniq") if spec["root"] == "synthetic" else spec["root"]
+
+
+def fashioniq_input():
+    """The input of rules that read FashionIQ files (the generated world, or the user's folder)."""
+    return SYNTHETIC_WORLD if config["sources"]["fashioniq"]["root"] == "synthetic" else fashioniq_root()
+
+
 def rule_resources(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
 def all_targets():
     """Everything `snakemake all` builds; it grows as stages land."""
-    return [MANIFEST, MANIFEST_TRIPLETS, MANIFEST_REPORT, MANIFEST_ISSUES, EMBEDDINGS_REPORT, PAIRS, PAIRS_REPORT]
+    return [MANIFEST, MANIFEST_TRIPLETS, MANIFEST_REPORT, MANIFEST_ISSUES, EMBEDDINGS_REPORT, PAIRS, PAIRS_REPORT,
+            CAPTIONS_REPORT, MODIFICATIONS_REPORT, FACAP, ENHFASHIONIQ, TABLE1]

@@ -14,7 +14,7 @@ import yaml
 from snakemake.utils import validate
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "config", "rules", "envs", "workflow_scripts"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "config", "rules", "envs", "workflow_scripts", "prompts"]
 # Rules allowed to read the synthetic world's ground truth (evaluation only).
 GROUND_TRUTH_READERS: set[str] = set()
 
@@ -66,6 +66,41 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
     pair_report = json.loads((workflow_copy / "data/pairs/report.json").read_text())
     assert embedded["embedded"] == pair_report["images"] == len(pairs) + pair_report["unpaired"]
     assert sorted(p.name for p in (workflow_copy / "data/embeddings/shards").iterdir()) == ["0.npz", "1.npz"]
+
+    # Annotation: FACap in its released layout, enhFashionIQ in FashionIQ's format, Table 1, and the cache.
+    facap = workflow_copy / "data/facap"
+    triplet_files = sorted(facap.glob("cir_triplets/*_train_triplets.json"))
+    assert triplet_files and sorted(facap.glob("image_captions/*_train_captions.json"))
+    rows = [r for f in triplet_files for r in json.loads(f.read_text())]
+    assert rows and all(set(r) == {"candidate", "target", "captions"} and len(r["captions"]) == 1 for r in rows)
+    card = json.loads((facap / "data_card.json").read_text())
+    assert card["triplets"] == len(rows) and card["caption_backend"]["backend"] == "metadata"
+    enh = workflow_copy / "data/enhfashioniq"
+    for cat in ("dress", "shirt", "toptee"):
+        enh_rows = json.loads((enh / f"captions/cap.{cat}.val.json").read_text())
+        assert all(set(r) == {"candidate", "target", "captions"} for r in enh_rows)
+        assert (enh / f"image_splits/split.{cat}.val.json").exists()
+    table1 = (workflow_copy / "results/tables/table1.md").read_text()
+    assert "reported by the paper" in table1 and "this run (synthetic data)" in table1 and "Tokenisation" in table1
+    cached = len(list((workflow_copy / "data/cache").rglob("*.json")))
+    assert cached > 0
+
+    # Forcing the annotation stages again makes no model call: every answer comes from the cache.
+    snakemake(
+        workflow_copy,
+        "--cores",
+        "2",
+        "all",
+        "--configfile",
+        "config/presets/test.yaml",
+        "--forcerun",
+        "caption",
+        "modify",
+    )
+    for name in ("captions_report.json", "modifications_report.json"):
+        rep = json.loads((workflow_copy / "data/annotation" / name).read_text())
+        assert rep["answered_from_cache"] == rep["ok"] > 0
+    assert len(list((workflow_copy / "data/cache").rglob("*.json"))) == cached
 
     again = snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr

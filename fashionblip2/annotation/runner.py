@@ -1,0 +1,112 @@
+"""Run a backend over many requests with the cache, validation, one retry, and a failure list."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from fashionblip2.annotation.backends import Request
+from fashionblip2.annotation.cache import ResultCache, request_key
+
+log = logging.getLogger(__name__)
+Check = Callable[["str | None"], "str | None"]
+
+
+@dataclass
+class Outcome:
+    key: str
+    text: str | None
+    status: str  # "ok" or "failed"
+    reason: str
+    cached: bool
+
+
+def annotate(
+    requests: list[Request],
+    backend: Any,
+    cache: ResultCache,
+    check: Check,
+    *,
+    desc: str = "annotating",
+    progress: bool = True,
+) -> list[Outcome]:
+    """An outcome per request. Cached answers are reused without a call; new answers are checked,
+    a rejected one is asked once more, and only accepted answers are stored in the cache."""
+    keys = [request_key(backend.name, backend.model, r.keyed) for r in requests]
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    pending = []
+    for i, key in enumerate(keys):
+        hit = cache.get(key)
+        if hit is not None:
+            outcomes[i] = Outcome(key, hit["text"], "ok", "", True)
+        else:
+            pending.append(i)
+    log.info(
+        "%s: %d requests, %d answered from the cache, %d to ask",
+        desc,
+        len(requests),
+        len(requests) - len(pending),
+        len(pending),
+    )
+    bar = tqdm(total=len(pending), desc=desc, unit="req", disable=not progress or not pending)
+
+    def ask(indices: list[int], last_try: bool) -> list[int]:
+        rejected: list[int] = []
+
+        def on_result(j: int, text: str | None, error: str | None) -> None:
+            i = indices[j]
+            reason = error or check(text)
+            if reason is None:
+                cache.put(keys[i], {"text": text, "backend": backend.name, "model": backend.model})
+                outcomes[i] = Outcome(keys[i], text, "ok", "", False)
+                bar.update(1)
+            elif last_try:
+                outcomes[i] = Outcome(keys[i], text, "failed", reason, False)
+                bar.update(1)
+            else:
+                rejected.append(i)
+
+        backend.generate([requests[i] for i in indices], on_result)
+        return rejected
+
+    retry = ask(pending, last_try=False)
+    if retry:
+        log.info("%s: %d answer(s) rejected or failed, asking once more", desc, len(retry))
+        ask(retry, last_try=True)
+    bar.close()
+    for i, o in enumerate(outcomes):  # a backend that skipped an item must not make it vanish
+        if o is None:
+            outcomes[i] = Outcome(keys[i], None, "failed", "no answer from the backend", False)
+    return outcomes  # type: ignore[return-value]
+
+
+@dataclass
+class Prices:
+    """USD per million tokens; the image_tokens estimate is per image."""
+
+    input_per_million: float = 0.15
+    output_per_million: float = 0.60
+    image_tokens: int = 85
+
+
+def estimate_cost(
+    requests: list[Request], cache: ResultCache, backend: Any, max_tokens: int, prices: Prices, *, with_image: bool
+) -> dict[str, float]:
+    """What a paid run will ask: requests not in the cache, tokens (about 4 characters each) and cost."""
+    todo = [r for r in requests if request_key(backend.name, backend.model, r.keyed) not in cache]
+    input_tokens = sum(
+        len(json.dumps(r.keyed["messages"])) // 4 + (prices.image_tokens if with_image else 0) for r in todo
+    )
+    output_tokens = len(todo) * max_tokens
+    cost = input_tokens / 1e6 * prices.input_per_million + output_tokens / 1e6 * prices.output_per_million
+    return {
+        "requests": len(todo),
+        "input_tokens": input_tokens,
+        "output_tokens_at_most": output_tokens,
+        "cost_usd_at_most": round(cost, 4),
+    }

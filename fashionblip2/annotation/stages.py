@@ -1,0 +1,118 @@
+"""What each annotation stage asks, of which backend, and how its shards are cut."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from fashionblip2.annotation.backends import (
+    APISettings,
+    MetadataCaptioner,
+    OpenAIBatch,
+    OpenAIChat,
+    Request,
+    RulesDiffer,
+    TransformersCaptioner,
+)
+from fashionblip2.annotation.cache import file_digest
+from fashionblip2.annotation.prompts import PromptTemplate
+from fashionblip2.annotation.validation import check_caption, check_modification
+from fashionblip2.report import BadInputError
+
+STAGES = ("caption", "modification")
+BACKENDS = {
+    "caption": ("metadata", "openai", "openai-batch", "transformers"),
+    "modification": ("rules", "openai", "openai-batch"),
+}
+
+
+def make_backend(stage: str, settings: dict[str, Any]):
+    name = settings.get("backend")
+    if name not in BACKENDS[stage]:
+        raise BadInputError(f"annotation.{stage}.backend {name!r}: expected one of {', '.join(BACKENDS[stage])}")
+    if name == "metadata":
+        return MetadataCaptioner()
+    if name == "rules":
+        return RulesDiffer()
+    if name == "transformers":
+        return TransformersCaptioner(
+            settings["model_path"],
+            max_new_tokens=settings.get("max_new_tokens", 128),
+            batch_size=settings.get("batch_size", 8),
+            device=settings.get("device", "auto"),
+        )
+    api = APISettings(
+        base_url=settings.get("base_url") or None,
+        model=settings["model"],
+        api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
+        concurrency=settings.get("concurrency", 32),
+        max_retries=settings.get("max_retries", 6),
+        timeout_s=settings.get("timeout_s", 60.0),
+        max_tokens=settings.get("max_new_tokens", 128),
+        temperature=settings.get("temperature", 0.2),
+    )
+    with_image = stage == "caption"
+    if name == "openai-batch":
+        return OpenAIBatch(api, with_image=with_image, poll_s=settings.get("poll_s", 30.0))
+    return OpenAIChat(api, with_image=with_image)
+
+
+def checker(stage: str, settings: dict[str, Any]):
+    limit = settings.get("max_words", 150 if stage == "caption" else 60)
+    check = check_caption if stage == "caption" else check_modification
+    return lambda text: check(text, limit)
+
+
+def images_to_caption(pairs: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Every image of a pair, once, sorted by id (the order shards are cut in)."""
+    ids = pd.unique(pd.concat([pairs["reference_id"], pairs["target_id"]]))
+    return manifest.set_index("image_id").loc[sorted(ids)].reset_index()
+
+
+def caption_requests(images: pd.DataFrame, template: PromptTemplate, settings: dict[str, Any]) -> list[Request]:
+    requests = []
+    for row in images.itertuples():
+        attributes = json.loads(row.attributes) if row.attributes else {}
+        messages = template.render(
+            category=row.category,
+            product_text=row.product_text or "none",
+            attributes=", ".join(f"{k}: {v}" for k, v in attributes.items()) or "none",
+        )
+        # The image enters the key by its content, so a moved or renamed file is still a cache hit.
+        keyed = {
+            "messages": messages,
+            "image_sha256": file_digest(row.path),
+            "max_new_tokens": settings.get("max_new_tokens", 128),
+        }
+        if settings.get("backend") in ("openai", "openai-batch"):
+            keyed["temperature"] = settings.get("temperature", 0.2)
+        requests.append(
+            Request(
+                keyed,
+                {
+                    "path": row.path,
+                    "category": row.category,
+                    "product_text": row.product_text,
+                    "attributes": attributes,
+                },
+            )
+        )
+    return requests
+
+
+def modification_requests(
+    pairs: pd.DataFrame, captions: dict[str, str], template: PromptTemplate, settings: dict[str, Any]
+) -> list[Request]:
+    requests = []
+    for row in pairs.itertuples():
+        ref, tgt = captions[row.reference_id], captions[row.target_id]
+        keyed = {
+            "messages": template.render(category=row.category, reference_caption=ref, target_caption=tgt),
+            "max_new_tokens": settings.get("max_new_tokens", 96),
+        }
+        if settings.get("backend") in ("openai", "openai-batch"):
+            keyed["temperature"] = settings.get("temperature", 0.2)
+        requests.append(Request(keyed, {"reference_caption": ref, "target_caption": tgt, "category": row.category}))
+    return requests

@@ -1,0 +1,170 @@
+# Stage: two-stage annotation (paper §3.1), then FACap, enhFashionIQ and Table 1.
+# Every model answer goes through the result cache (annotation.cache_dir): nothing is paid twice.
+
+
+rule caption:
+    input:
+        manifest=MANIFEST,
+        pairs=PAIRS,
+        prompt=config["annotation"]["caption"]["prompt"],
+    output:
+        CAPTION_SHARD,
+    params:
+        shards=config["annotation"]["shards"],
+        settings=json.dumps(config["annotation"]["caption"], sort_keys=True),
+        prices=json.dumps(config["annotation"]["prices"], sort_keys=True),
+        cache=config["annotation"]["cache_dir"],
+    log:
+        "logs/annotation/caption_{shard}.log",
+    conda:
+        "../envs/vlm.yaml"
+    threads: rule_resources("caption", "threads", 1)
+    resources:
+        runtime=rule_resources("caption", "runtime", 60),
+        mem_mb=rule_resources("caption", "mem_mb", 8000),
+        cpus_per_task=rule_resources("caption", "cpus_per_task", 1),
+        gpu=rule_resources("caption", "gpu", 0),
+    shell:
+        "python workflow_scripts/annotate.py --stage caption --shard {wildcards.shard} --shards {params.shards}"
+        " --settings {params.settings:q} --prices {params.prices:q} --prompt {input.prompt}"
+        " --manifest {input.manifest} --pairs {input.pairs} --cache {params.cache} --out {output} 2> {log}"
+
+
+rule captions:
+    input:
+        annotation_shards(CAPTION_SHARD),
+    output:
+        captions=CAPTIONS,
+        report=CAPTIONS_REPORT,
+    params:
+        settings=json.dumps(config["annotation"]["caption"], sort_keys=True),
+    log:
+        "logs/annotation/captions.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        runtime=10,
+        mem_mb=4000,
+    shell:
+        "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
+        " --out {output.captions} --report {output.report} 2> {log}"
+
+
+rule modify:
+    input:
+        pairs=PAIRS,
+        captions=CAPTIONS,
+        prompt=config["annotation"]["modification"]["prompt"],
+    output:
+        MODIFICATION_SHARD,
+    params:
+        shards=config["annotation"]["shards"],
+        settings=json.dumps(config["annotation"]["modification"], sort_keys=True),
+        prices=json.dumps(config["annotation"]["prices"], sort_keys=True),
+        cache=config["annotation"]["cache_dir"],
+    log:
+        "logs/annotation/modify_{shard}.log",
+    conda:
+        "../envs/llm.yaml"
+    threads: rule_resources("modify", "threads", 1)
+    resources:
+        runtime=rule_resources("modify", "runtime", 60),
+        mem_mb=rule_resources("modify", "mem_mb", 4000),
+        cpus_per_task=rule_resources("modify", "cpus_per_task", 1),
+    shell:
+        "python workflow_scripts/annotate.py --stage modification --shard {wildcards.shard} --shards {params.shards}"
+        " --settings {params.settings:q} --prices {params.prices:q} --prompt {input.prompt}"
+        " --pairs {input.pairs} --captions {input.captions} --cache {params.cache} --out {output} 2> {log}"
+
+
+rule modifications:
+    input:
+        annotation_shards(MODIFICATION_SHARD),
+    output:
+        modifications=MODIFICATIONS,
+        report=MODIFICATIONS_REPORT,
+    params:
+        settings=json.dumps(config["annotation"]["modification"], sort_keys=True),
+    log:
+        "logs/annotation/modifications.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        runtime=10,
+        mem_mb=4000,
+    shell:
+        "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
+        " --out {output.modifications} --report {output.report} 2> {log}"
+
+
+rule facap:
+    input:
+        pairs=PAIRS,
+        captions=CAPTIONS,
+        modifications=MODIFICATIONS,
+    output:
+        directory(FACAP),
+    params:
+        sources=json.dumps(config["facap"]["sources"]),
+        annotation=json.dumps(config["annotation"], sort_keys=True),
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/annotation/facap.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        runtime=30,
+        mem_mb=8000,
+    shell:
+        "python workflow_scripts/assemble_datasets.py facap --pairs {input.pairs} --captions {input.captions}"
+        " --modifications {input.modifications} --sources {params.sources:q} --annotation {params.annotation:q}"
+        " --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+
+
+rule enhfashioniq:
+    input:
+        pairs=PAIRS,
+        modifications=MODIFICATIONS,
+        fashioniq=fashioniq_input(),
+    output:
+        directory(ENHFASHIONIQ),
+    params:
+        fashioniq_root=fashioniq_root(),
+        annotation=json.dumps(config["annotation"], sort_keys=True),
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/annotation/enhfashioniq.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        runtime=10,
+        mem_mb=4000,
+    shell:
+        "python workflow_scripts/assemble_datasets.py enhfashioniq --pairs {input.pairs}"
+        " --modifications {input.modifications} --fashioniq-root {params.fashioniq_root}"
+        " --annotation {params.annotation:q} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+
+
+rule table1:
+    input:
+        facap=FACAP,
+        fashioniq=fashioniq_input(),
+    output:
+        multiext("results/tables/table1", ".md", ".csv"),
+    params:
+        stem=subpath(output[0], strip_suffix=".md"),
+        fashioniq_root=fashioniq_root(),
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/tables/table1.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        runtime=10,
+        mem_mb=4000,
+    shell:
+        "python workflow_scripts/make_table1.py --facap {input.facap} --fashioniq-root {params.fashioniq_root}"
+        " --data {params.data} --run-name {params.run_name} --out {params.stem} 2> {log}"

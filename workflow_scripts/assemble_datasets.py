@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Assemble FACap (released layout, with a data card) or enhFashionIQ (FashionIQ's caption format)
+from the pairs, captions and modification texts.
+
+Examples:
+    python workflow_scripts/assemble_datasets.py facap --pairs data/pairs/pairs.parquet \\
+        --captions data/annotation/captions.parquet --modifications data/annotation/modifications.parquet \\
+        --out data/facap
+    python workflow_scripts/assemble_datasets.py enhfashioniq --pairs data/pairs/pairs.parquet \\
+        --modifications data/annotation/modifications.parquet --fashioniq-root data/raw/fashioniq \\
+        --out data/enhfashioniq
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import pandas as pd  # noqa: E402
+
+from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.datasets import assemble_enhfashioniq, assemble_facap  # noqa: E402
+from fashionblip2.provenance import provenance  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=["facap", "enhfashioniq"])
+    parser.add_argument("--pairs", required=True)
+    parser.add_argument("--captions", help="facap: the gathered captions")
+    parser.add_argument("--modifications", required=True)
+    parser.add_argument(
+        "--sources",
+        default='["fashion200k", "deepfashion_mm", "catalogue"]',
+        help="facap: JSON list of the sources it is built from",
+    )
+    parser.add_argument("--fashioniq-root", help="enhfashioniq: the FashionIQ folder (its image_splits are copied)")
+    parser.add_argument("--annotation", default="{}", help="the config's annotation section (JSON), for the data card")
+    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--run-name", default="manual")
+    parser.add_argument("--out", required=True, help="output folder")
+    args = parser.parse_args()
+    setup_logging()
+    annotation = json.loads(args.annotation)
+    card = {
+        "dataset": args.dataset,
+        "caption_backend": {k: annotation.get("caption", {}).get(k) for k in ("backend", "model", "model_path")},
+        "modification_backend": {k: annotation.get("modification", {}).get(k) for k in ("backend", "model")},
+        "provenance": provenance(args.data, args.run_name),
+    }
+    pairs, modifications = pd.read_parquet(args.pairs), pd.read_parquet(args.modifications)
+    if args.dataset == "facap":
+        card = assemble_facap(
+            pairs, pd.read_parquet(args.captions), modifications, json.loads(args.sources), args.out, card
+        )
+    else:
+        card = assemble_enhfashioniq(pairs, modifications, args.fashioniq_root, args.out, card)
+    logging.getLogger("assemble_datasets").info("%s: %d triplets", args.dataset, card["triplets"])
+
+
+if __name__ == "__main__":
+    run_main(main)
