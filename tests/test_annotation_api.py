@@ -1,0 +1,279 @@
+"""The OpenAI-compatible backends against a real HTTP server on loopback, with faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fashionblip2.annotation.backends import APISettings, OpenAIBatch, OpenAIChat, Request
+from fashionblip2.annotation.cache import ResultCache
+from fashionblip2.annotation.runner import annotate
+from fashionblip2.annotation.validation import check_caption, check_modification
+from fashionblip2.manifest import build_manifest, resolve_roots
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FakeServer:
+    def __init__(self, tmp: Path, *args: str, env: dict | None = None):
+        self.log = tmp / f"requests-{secrets.token_hex(4)}.jsonl"
+        port_file = tmp / f"port-{secrets.token_hex(4)}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests/fake_openai_server.py"),
+                "--port-file",
+                str(port_file),
+                "--log",
+                str(self.log),
+                *args,
+            ],
+            env={**os.environ, **(env or {})},
+        )
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("the fake OpenAI server did not start")
+            time.sleep(0.05)
+        self.base_url = f"http://127.0.0.1:{port_file.read_text()}/v1"
+
+    def requests(self, endpoint: str = "chat") -> list[dict]:
+        if not self.log.exists():
+            return []
+        rows = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return [r for r in rows if r["endpoint"] == endpoint]
+
+    def stop(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)  # stopped by its PID, whatever it is doing
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    servers = []
+
+    def start(*args: str, env: dict | None = None) -> FakeServer:
+        servers.append(FakeServer(tmp_path, *args, env=env))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def modification_requests(n: int) -> list[Request]:
+    return [
+        Request(
+            {
+                "messages": [{"role": "user", "content": f"Reference: item {i}. Target: item {i + 1}."}],
+                "max_new_tokens": 64,
+            },
+            {},
+        )
+        for i in range(n)
+    ]
+
+
+def settings(server: FakeServer, **kw) -> APISettings:
+    return APISettings(base_url=server.base_url, model="test-model", **{"timeout_s": 1.0, "max_retries": 6, **kw})
+
+
+def test_every_item_completes_through_transient_faults_and_a_rerun_calls_nothing(server_factory, tmp_path):
+    server = server_factory("--fail-rate", "0.3", "--hang", "3")
+    backend = OpenAIChat(settings(server, concurrency=8), with_image=False)
+    cache = ResultCache(tmp_path / "cache")
+    requests = modification_requests(60)
+    outcomes = annotate(requests, backend, cache, lambda t: check_modification(t, 60), progress=False)
+    assert [o.status for o in outcomes] == ["ok"] * 60, [o.reason for o in outcomes if o.status != "ok"]
+    seen = server.requests()
+    faults = {r["fault"] for r in seen if r["fault"]}
+    assert faults == {"429", "500", "timeout", "drop", "malformed", "empty"}
+    assert 60 < len(seen) < 120 and len({r["item"] for r in seen}) == 60
+
+    again = annotate(requests, backend, cache, lambda t: check_modification(t, 60), progress=False)
+    assert all(o.cached and o.status == "ok" for o in again)
+    assert len(server.requests()) == len(seen)  # the server saw no request for a cached item
+
+
+def test_retry_after_is_honoured(server_factory, tmp_path):
+    server = server_factory("--fail-rate", "1.0", "--faults", "429", "--retry-after", "1")
+    backend = OpenAIChat(settings(server, concurrency=2), with_image=False)
+    outcomes = annotate(
+        modification_requests(2),
+        backend,
+        ResultCache(tmp_path / "c"),
+        lambda t: check_modification(t, 60),
+        progress=False,
+    )
+    assert all(o.status == "ok" for o in outcomes)
+    times: dict[str, list[float]] = {}
+    for r in server.requests():
+        times.setdefault(r["item"], []).append(r["t"])
+    for first, second in (sorted(t) for t in times.values()):
+        assert second - first >= 0.9  # the client waited as the 429 asked
+
+
+def test_captions_send_the_image_and_rejected_answers_are_reported(server_factory, tmp_path, tiny_world):
+    world, _ = tiny_world
+    image = next((world / "fashioniq/images").glob("*.png"))
+    server = server_factory()
+    backend = OpenAIChat(settings(server), with_image=True)
+    request = Request(
+        {"messages": [{"role": "user", "content": "Describe the dress."}], "image_sha256": "x"}, {"path": str(image)}
+    )
+    (outcome,) = annotate(
+        [request], backend, ResultCache(tmp_path / "c"), lambda t: check_caption(t, 5), progress=False
+    )
+    # The fake answer is longer than 5 words: rejected, asked once more, then reported as failed.
+    assert outcome.status == "failed" and outcome.reason.startswith("too long")
+    seen = server.requests()
+    assert len(seen) == 2 and all(r["with_image"] for r in seen)
+    assert not list((tmp_path / "c").rglob("*.json"))  # nothing rejected is cached
+
+
+def test_batch_api_round_trip(server_factory, tmp_path):
+    server = server_factory()
+    backend = OpenAIBatch(settings(server), with_image=False, poll_s=0.05)
+    cache = ResultCache(tmp_path / "c")
+    outcomes = annotate(modification_requests(5), backend, cache, lambda t: check_modification(t, 60), progress=False)
+    assert [o.status for o in outcomes] == ["ok"] * 5
+    assert [o.text.rsplit(" ", 1)[1] for o in outcomes] == [r["item"] + "." for r in server.requests("batch-item")]
+    assert len(server.requests("files")) == 1 and len(server.requests("batches")) == 1
+    assert annotate(modification_requests(5), backend, cache, lambda t: None, progress=False)[0].cached
+
+
+@pytest.fixture
+def caption_inputs(tiny_world, tmp_path):
+    """A manifest and pairs of the tiny world, as the caption rule reads them."""
+    world, _ = tiny_world
+    sources = resolve_roots({"fashion200k": {"root": "synthetic"}}, world)
+    images = build_manifest(sources, progress=False).images
+    images.to_parquet(tmp_path / "manifest.parquet")
+    ids = images["image_id"].tolist()
+    pairs = pd.DataFrame(
+        {
+            "reference_id": ids,
+            "target_id": ids[1:] + ids[:1],
+            "source": "fashion200k",
+            "category": images["category"].tolist(),
+        }
+    )
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    return tmp_path / "manifest.parquet", tmp_path / "pairs.parquet", len(ids)
+
+
+def caption_command(server: FakeServer, manifest: Path, pairs: Path, cache: Path, out: Path, concurrency: int = 4):
+    stage = {
+        "backend": "openai",
+        "model": "test-vlm",
+        "base_url": server.base_url,
+        "api_key_env": "FACAP_TEST_KEY",
+        "concurrency": concurrency,
+        "max_retries": 2,
+        "timeout_s": 5,
+        "max_words": 150,
+    }
+    return [
+        sys.executable,
+        str(REPO / "workflow_scripts/annotate.py"),
+        "--stage",
+        "caption",
+        "--settings",
+        json.dumps(stage),
+        "--prompt",
+        str(REPO / "prompts/caption.yaml"),
+        "--manifest",
+        str(manifest),
+        "--pairs",
+        str(pairs),
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+
+
+def test_a_killed_shard_resumes_and_pays_only_for_what_was_not_cached(server_factory, caption_inputs, tmp_path):
+    manifest, pairs, n = caption_inputs
+    key = "sk-test-" + secrets.token_hex(16)
+    server = server_factory("--latency", "0.15", "--expect-key-env", "FACAP_TEST_KEY", env={"FACAP_TEST_KEY": key})
+    cache, out, log = tmp_path / "cache", tmp_path / "captions.parquet", tmp_path / "caption.log"
+    env = {**os.environ, "FACAP_TEST_KEY": key}
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            caption_command(server, manifest, pairs, cache, out, concurrency=2), env=env, stderr=stderr
+        )
+        deadline = time.monotonic() + 60
+        while len(list(cache.rglob("*.json"))) < 4:
+            assert time.monotonic() < deadline and proc.poll() is None, "the shard ended before it could be killed"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()  # a killed shard leaves no output that looks complete
+    first = server.requests()
+    answered_first = {r["item"] for r in first}
+    cached_first = len(list(cache.rglob("*.json")))
+    assert 4 <= cached_first < n
+
+    with open(log, "a") as stderr:
+        subprocess.run(caption_command(server, manifest, pairs, cache, out), env=env, stderr=stderr, check=True)
+    result = pd.read_parquet(out)
+    assert (result["status"] == "ok").all() and len(result) == n
+    assert result["cached"].sum() == cached_first
+    second = server.requests()[len(first) :]
+    # The second run asked only for items without a cached answer (at most the ones in flight at the kill).
+    assert len(second) == n - cached_first
+    assert len(answered_first & {r["item"] for r in second}) <= len(answered_first) - cached_first
+    assert all(r["auth_ok"] for r in server.requests())  # the key was sent...
+    # ...and is written nowhere: not in logs, outputs, the cache or the report.
+    for path in [log, out, *cache.rglob("*")]:
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+
+
+def test_a_missing_api_key_is_a_clear_error(tmp_path, caption_inputs):
+    manifest, pairs, _ = caption_inputs
+    stage = {
+        "backend": "openai",
+        "model": "m",
+        "base_url": "https://api.example.invalid/v1",
+        "api_key_env": "FACAP_UNSET_KEY",
+    }
+    env = {k: v for k, v in os.environ.items() if k != "FACAP_UNSET_KEY"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflow_scripts/annotate.py"),
+            "--stage",
+            "caption",
+            "--settings",
+            json.dumps(stage),
+            "--prompt",
+            str(REPO / "prompts/caption.yaml"),
+            "--manifest",
+            str(manifest),
+            "--pairs",
+            str(pairs),
+            "--cache",
+            str(tmp_path / "c"),
+            "--out",
+            str(tmp_path / "o.parquet"),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "FACAP_UNSET_KEY, which is not set" in proc.stderr
+    assert not (tmp_path / "o.parquet").exists()
