@@ -285,8 +285,11 @@ class OpenAIChat:
             async def one(i: int, r: Request) -> None:
                 async with limit:
                     try:
-                        reply = await client.chat.completions.create(**self.body(r))
-                        text = reply.choices[0].message.content if reply.choices else None
+                        # The client's low-level post keeps its retries (backoff, Retry-After) but skips
+                        # the typed request transform and reply models, which cost milliseconds a call.
+                        raw = await client.post("/chat/completions", body=self.body(r), cast_to=str)
+                        choices = json.loads(raw).get("choices") or [{}]
+                        text = choices[0].get("message", {}).get("content")
                         on_result(i, text, None if text else "empty content")
                     except openai.APIError as e:
                         on_result(i, None, f"{type(e).__name__}: {_short(e)}")

@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
-
-from fashionblip2.io import write_text_atomic
 
 
 def request_key(backend: str, model: str, request: Any) -> str:
@@ -37,6 +36,7 @@ class ResultCache:
         self.root = Path(root)
         self.hits = 0
         self.stores = 0
+        self._made: set[str] = set()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -53,5 +53,17 @@ class ResultCache:
         return self._path(key).exists()
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        write_text_atomic(self._path(key), json.dumps(value, sort_keys=True, ensure_ascii=False))
+        path = self._path(key)
+        if key[:2] not in self._made:  # one mkdir per prefix folder, not per answer
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(key[:2])
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(value, sort_keys=True, ensure_ascii=False))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)  # readers see the whole answer or none
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         self.stores += 1
