@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from fashionblip2.io import dumps_json
+from fashionblip2.io import atomic_directory, dumps_json
 
 
 def _native(image_id: str) -> str:
@@ -29,24 +27,12 @@ def _native(image_id: str) -> str:
 
 def _write_tree(out_dir: str | os.PathLike[str], files: dict[str, Any]) -> None:
     """Write JSON files into a temporary folder, then move it into place whole."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir) as tmp:
         for rel, content in files.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                content if isinstance(content, str) else json.dumps(content, indent=4, ensure_ascii=False) + "\n",
-                encoding="utf-8",
-            )
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            text = content if isinstance(content, str) else json.dumps(content, indent=4, ensure_ascii=False) + "\n"
+            path.write_text(text, encoding="utf-8")
 
 
 def join_annotations(pairs: pd.DataFrame, modifications: pd.DataFrame) -> pd.DataFrame:

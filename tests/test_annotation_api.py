@@ -172,17 +172,7 @@ def caption_inputs(tiny_world, tmp_path):
     return tmp_path / "manifest.parquet", tmp_path / "pairs.parquet", len(ids)
 
 
-def caption_command(server: FakeServer, manifest: Path, pairs: Path, cache: Path, out: Path, concurrency: int = 4):
-    stage = {
-        "backend": "openai",
-        "model": "test-vlm",
-        "base_url": server.base_url,
-        "api_key_env": "FACAP_TEST_KEY",
-        "concurrency": concurrency,
-        "max_retries": 2,
-        "timeout_s": 5,
-        "max_words": 150,
-    }
+def caption_command(stage: dict, manifest: Path, pairs: Path, cache: Path, out: Path) -> list[str]:
     return [
         sys.executable,
         str(REPO / "workflow_scripts/annotate.py"),
@@ -204,6 +194,19 @@ def caption_command(server: FakeServer, manifest: Path, pairs: Path, cache: Path
     ]
 
 
+def api_stage(server: FakeServer, concurrency: int = 4) -> dict:
+    return {
+        "backend": "openai",
+        "model": "test-vlm",
+        "base_url": server.base_url,
+        "api_key_env": "FACAP_TEST_KEY",
+        "concurrency": concurrency,
+        "max_retries": 2,
+        "timeout_s": 5,
+        "max_words": 150,
+    }
+
+
 def test_a_killed_shard_resumes_and_pays_only_for_what_was_not_cached(server_factory, caption_inputs, tmp_path):
     manifest, pairs, n = caption_inputs
     key = "sk-test-" + secrets.token_hex(16)
@@ -212,7 +215,7 @@ def test_a_killed_shard_resumes_and_pays_only_for_what_was_not_cached(server_fac
     env = {**os.environ, "FACAP_TEST_KEY": key}
     with open(log, "w") as stderr:
         proc = subprocess.Popen(
-            caption_command(server, manifest, pairs, cache, out, concurrency=2), env=env, stderr=stderr
+            caption_command(api_stage(server, 2), manifest, pairs, cache, out), env=env, stderr=stderr
         )
         deadline = time.monotonic() + 60
         while len(list(cache.rglob("*.json"))) < 4:
@@ -227,7 +230,9 @@ def test_a_killed_shard_resumes_and_pays_only_for_what_was_not_cached(server_fac
     assert 4 <= cached_first < n
 
     with open(log, "a") as stderr:
-        subprocess.run(caption_command(server, manifest, pairs, cache, out), env=env, stderr=stderr, check=True)
+        subprocess.run(
+            caption_command(api_stage(server), manifest, pairs, cache, out), env=env, stderr=stderr, check=True
+        )
     result = pd.read_parquet(out)
     assert (result["status"] == "ok").all() and len(result) == n
     assert result["cached"].sum() == cached_first
@@ -251,29 +256,7 @@ def test_a_missing_api_key_is_a_clear_error(tmp_path, caption_inputs):
         "api_key_env": "FACAP_UNSET_KEY",
     }
     env = {k: v for k, v in os.environ.items() if k != "FACAP_UNSET_KEY"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "workflow_scripts/annotate.py"),
-            "--stage",
-            "caption",
-            "--settings",
-            json.dumps(stage),
-            "--prompt",
-            str(REPO / "prompts/caption.yaml"),
-            "--manifest",
-            str(manifest),
-            "--pairs",
-            str(pairs),
-            "--cache",
-            str(tmp_path / "c"),
-            "--out",
-            str(tmp_path / "o.parquet"),
-            "--no-progress",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    command = caption_command(stage, manifest, pairs, tmp_path / "c", tmp_path / "o.parquet")
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "FACAP_UNSET_KEY, which is not set" in proc.stderr
     assert not (tmp_path / "o.parquet").exists()

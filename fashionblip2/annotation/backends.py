@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fashionblip2.annotation.lexicon import find_attributes
+from fashionblip2.colours import NAMED_COLOURS
 from fashionblip2.images import load_rgb
 from fashionblip2.report import BadInputError
 
@@ -44,21 +45,6 @@ class Request:
 
 # --- offline backends -----------------------------------------------------------------------------
 
-NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
-    "black": (25, 25, 25),
-    "white": (245, 245, 245),
-    "grey": (128, 128, 128),
-    "beige": (215, 195, 160),
-    "brown": (120, 75, 40),
-    "red": (200, 30, 40),
-    "pink": (235, 140, 175),
-    "orange": (240, 130, 30),
-    "yellow": (240, 210, 50),
-    "green": (40, 140, 70),
-    "blue": (40, 90, 200),
-    "navy": (25, 35, 90),
-    "purple": (120, 60, 160),
-}
 _PALETTE = np.array(list(NAMED_COLOURS.values()), dtype=np.float32)
 _PALETTE_NAMES = list(NAMED_COLOURS)
 
@@ -142,7 +128,7 @@ class MetadataCaptioner:
     fashion lexicon, plus the garment's colours read from the pixels. Never sees the ground truth."""
 
     name = "metadata"
-    model = "lexicon-v2"  # bump when the code changes: cached answers are keyed by it
+    model = "lexicon-v3"  # bump when the code changes: cached answers are keyed by it
 
     def generate(self, requests: list[Request], on_result: OnResult) -> None:
         for i, r in enumerate(requests):
@@ -190,7 +176,7 @@ class RulesDiffer:
     """Offline differ: compares the two captions attribute by attribute and names the differences."""
 
     name = "rules"
-    model = "lexicon-v2"  # bump when the code changes: cached answers are keyed by it
+    model = "lexicon-v3"  # bump when the code changes: cached answers are keyed by it
     ORDER = ("colour", "pattern", "length", "sleeve", "neckline", "fit", "fabric")
 
     def generate(self, requests: list[Request], on_result: OnResult) -> None:

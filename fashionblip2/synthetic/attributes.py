@@ -7,23 +7,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from fashionblip2.colours import NAMED_COLOURS
+
 GARMENTS = ("dress", "skirt", "pants", "jacket", "top", "shirt", "toptee")
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "black": (28, 28, 30),
-    "white": (240, 240, 236),
-    "grey": (128, 128, 132),
-    "beige": (214, 196, 160),
-    "brown": (120, 78, 44),
-    "red": (200, 30, 40),
-    "pink": (236, 140, 176),
-    "orange": (240, 130, 30),
-    "yellow": (240, 210, 50),
-    "green": (40, 140, 70),
-    "blue": (40, 90, 200),
-    "navy": (25, 35, 90),
-    "purple": (120, 60, 160),
-}
+COLOURS = NAMED_COLOURS
 
 PATTERNS = ("solid", "stripes", "dots", "plaid", "floral", "colour block")
 FABRICS = ("cotton", "denim", "leather", "knitted", "chiffon", "furry")

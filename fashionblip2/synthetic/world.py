@@ -22,9 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import string
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from fashionblip2.io import dumps_json, write_parquet_atomic
+from fashionblip2.io import atomic_directory, dumps_json, write_parquet_atomic
 from fashionblip2.synthetic.attributes import Garment, mutate_garment, pick, sample_garment, stable_rng
 from fashionblip2.synthetic.render import View, render_garment
 from fashionblip2.synthetic.texts import (
@@ -381,9 +379,7 @@ def generate_world(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / WORLD_MARKER).exists():
         raise FileExistsError(f"{out_dir} exists and is not a generated synthetic world; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir) as tmp:
         with tqdm(
             total=expected_image_count(spec), desc="rendering synthetic world", unit="img", disable=not progress
         ) as bar:
@@ -403,12 +399,5 @@ def generate_world(
             "note": "synthetic data: rendered garments, not real product photos",
         }
         (tmp / WORLD_MARKER).write_text(dumps_json(meta), encoding="utf-8")
-        os.chmod(tmp, 0o755)
         write_parquet_atomic(sidecar, truth)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
