@@ -1,0 +1,189 @@
+"""One trainer for every training run (stage 1 on FACap, stage 2 on FashionIQ, every ablation).
+
+It owns what makes a run reproducible and resumable, and nothing model-specific:
+- AdamW (parameters that require grad), warm-up then cosine decay or one-cycle, gradient clipping;
+- a data order that depends only on (seed, epoch), so a resumed run sees the same batches;
+- a checkpoint every ``checkpoint_every`` steps, written atomically: model, optimiser, schedule,
+  step, RNG states; ``train`` resumes from it when it exists;
+- a non-finite loss stops the run with the step and the loss parts, before the weights are touched;
+- a progress bar and a JSONL metrics log (trimmed back to the checkpoint on resume).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fashionblip2.io import atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine (linear warm-up, cosine decay to 0) | onecycle
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "onecycle"):
+            raise ValueError(f"schedule must be cosine or onecycle, not {self.schedule!r}")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The batches of one epoch: a permutation that depends only on (seed, epoch), last partial batch dropped
+    (in-batch negatives want full batches)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=max(cfg.steps, 2),
+            pct_start=min(0.3, max(cfg.warmup_steps, 1) / max(cfg.steps, 2)),
+        )
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def train(
+    model: torch.nn.Module,
+    n_examples: int,
+    make_batch: Callable[[Sequence[int]], Any],
+    loss_fn: Callable[[torch.nn.Module, Any], dict[str, torch.Tensor]],
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` for ``cfg.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if it exists.
+
+    ``make_batch(indices)`` builds a batch from example indices; ``loss_fn(model, batch)`` returns a dict
+    with a ``loss`` entry (and any parts to log). ``stop_after`` ends the call after that many steps
+    in total, as a killed job would (used by tests).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("no parameter requires grad: nothing to train")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg)
+    step = 0
+    if (out / CHECKPOINT).exists():
+        state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+        if state["config"] != asdict(cfg) | {"betas": list(cfg.betas)}:
+            raise TrainingError(
+                f"{out / CHECKPOINT} was written with another training config; "
+                "use a new output folder or the same config"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        step = state["step"]
+    _trim_metrics(out / METRICS, step)
+    per_epoch = len(batch_order(n_examples, cfg.batch_size, cfg.seed, 0))
+    if per_epoch == 0:
+        raise TrainingError(f"{n_examples} examples make no full batch of {cfg.batch_size}")
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
+    with open(out / METRICS, "a", encoding="utf-8") as metrics:
+        while step < cfg.steps and (stop_after is None or step < stop_after):
+            epoch, position = divmod(step, per_epoch)
+            indices = batch_order(n_examples, cfg.batch_size, cfg.seed, epoch)[position]
+            parts = loss_fn(model, make_batch(indices.tolist()))
+            loss = parts["loss"]
+            if not torch.isfinite(loss):
+                values = {k: float(v.detach()) for k, v in parts.items()}
+                raise TrainingError(
+                    f"non-finite loss at step {step} (epoch {epoch}): {values}; the last good "
+                    f"checkpoint is {out / CHECKPOINT}. Lower the learning rate or check the data."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                **{k: float(v.detach()) for k, v in parts.items()},
+            }
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                with atomic_path(out / CHECKPOINT) as tmp:
+                    torch.save(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "step": step,
+                            "rng": _rng_state(),
+                            "config": asdict(cfg) | {"betas": list(cfg.betas)},
+                        },
+                        tmp,
+                    )
+    bar.close()
+    return {"step": step, "done": step >= cfg.steps}
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint: a resumed run writes those steps again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))
