@@ -162,7 +162,7 @@ def train(
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 with atomic_path(out / CHECKPOINT) as tmp:
                     torch.save(
