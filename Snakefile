@@ -14,14 +14,23 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 
 
+check_experiment_names()
+
+
 wildcard_constraints:
     shard=r"\d+",
+    stage="stage1|stage2",
+    variant="|".join(sorted(variants(), key=len, reverse=True)),
+    dataset="|".join(EVAL_DATASETS),
 
 
 
 include: "rules/sources.smk"
 include: "rules/pairing.smk"
 include: "rules/annotation.smk"
+include: "rules/training.smk"
+include: "rules/evaluation.smk"
+include: "rules/results.smk"
 
 
 rule all:

@@ -86,8 +86,16 @@ def table1(computed: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(computed + reported, columns=TABLE1_COLUMNS)
 
 
-def write_table(frame: pd.DataFrame, stem: str | os.PathLike[str], title: str, notes: list[str]) -> None:
-    """``<stem>.md`` (title, table, notes) and ``<stem>.csv``, each written atomically."""
-    md = [f"# {title}", "", frame.to_markdown(index=False, floatfmt=".2f"), ""] + [f"- {n}" for n in notes]
-    write_text_atomic(f"{stem}.md", "\n".join(md) + "\n")
+def write_table(
+    frame: pd.DataFrame, stem: str | os.PathLike[str], title: str, notes: list[str], tex: bool = False
+) -> None:
+    """``<stem>.md`` (title, table, notes) and ``<stem>.csv`` (and ``<stem>.tex``), each written atomically.
+    The .md is written last: it is the rule's declared output, so it exists only when the others do."""
     write_text_atomic(f"{stem}.csv", frame.to_csv(index=False))
+    if tex:
+        body = frame.to_latex(index=False, float_format="%.2f", na_rep="--", escape=True)
+        comments = "".join(f"% {n}\n" for n in [title, *notes])
+        write_text_atomic(f"{stem}.tex", comments + body)
+    md = [f"# {title}", "", frame.to_markdown(index=False, floatfmt=".2f", missingval="–"), ""]
+    md += [f"- {n}" for n in notes]
+    write_text_atomic(f"{stem}.md", "\n".join(md) + "\n")

@@ -46,11 +46,37 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_every: int = 50
+    device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast; on GPU)
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "onecycle"):
             raise ValueError(f"schedule must be cosine or onecycle, not {self.schedule!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {self.precision!r}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+    def resume_key(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed (the device may change: a job can move)."""
+        return {k: v for k, v in asdict(self).items() if k != "device"} | {"betas": list(self.betas)}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a batch (dict, list or tuple, nested) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -91,7 +117,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def train(
     model: torch.nn.Module,
     n_examples: int,
-    make_batch: Callable[[Sequence[int]], Any],
+    make_batch: Callable[[Sequence[int], int], Any],
     loss_fn: Callable[[torch.nn.Module, Any], dict[str, torch.Tensor]],
     cfg: TrainConfig,
     out_dir: str | os.PathLike[str],
@@ -101,12 +127,20 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if it exists.
 
-    ``make_batch(indices)`` builds a batch from example indices; ``loss_fn(model, batch)`` returns a dict
-    with a ``loss`` entry (and any parts to log). ``stop_after`` ends the call after that many steps
-    in total, as a killed job would (used by tests).
+    ``make_batch(indices, step)`` builds a batch from example indices (any randomness in it must come
+    from ``step``, so that a resumed run builds the same batches); its tensors are moved to the
+    device. ``loss_fn(model, batch)`` returns a dict with a ``loss`` entry (and any parts to log).
+    ``stop_after`` ends the call after that many steps in total, as a killed job would (used by tests).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    if cfg.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise TrainingError(f"{type(model).__name__} does not support gradient checkpointing")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -118,7 +152,7 @@ def train(
     step = 0
     if (out / CHECKPOINT).exists():
         state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(cfg) | {"betas": list(cfg.betas)}:
+        if {k: v for k, v in state["config"].items() if k != "device"} != cfg.resume_key():
             raise TrainingError(
                 f"{out / CHECKPOINT} was written with another training config; "
                 "use a new output folder or the same config"
@@ -138,7 +172,9 @@ def train(
         while step < cfg.steps and (stop_after is None or step < stop_after):
             epoch, position = divmod(step, per_epoch)
             indices = batch_order(n_examples, cfg.batch_size, cfg.seed, epoch)[position]
-            parts = loss_fn(model, make_batch(indices.tolist()))
+            batch = to_device(make_batch(indices.tolist(), step), device)
+            with autocast:
+                parts = loss_fn(model, batch)
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in parts.items()}
@@ -172,7 +208,7 @@ def train(
                             "scheduler": scheduler.state_dict(),
                             "step": step,
                             "rng": _rng_state(),
-                            "config": asdict(cfg) | {"betas": list(cfg.betas)},
+                            "config": cfg.resume_key() | {"device": cfg.device},
                         },
                         tmp,
                     )

@@ -28,6 +28,17 @@ FACAP = "data/facap"
 ENHFASHIONIQ = "data/enhfashioniq"
 TABLE1 = "results/tables/table1.md"
 
+TRAINED_TOKENIZER = "models/tokenizer"
+TRAINED_BACKBONE = "models/backbone"
+MODEL = "models/{stage}/{variant}"
+EVALUATION = "results/eval/{stage}/{variant}/{dataset}.json"
+RANKINGS = "results/eval/{stage}/{variant}/{dataset}_rankings.parquet"
+SEARCH_INDEX = "results/index/{stage}/{variant}"
+TABLES = {n: f"results/tables/table{n}.md" for n in (3, 4, 5)}
+FIGURE5 = "results/figures/figure5.png"
+FIGURE6 = "results/figures/figure6.png"
+EVAL_DATASETS = ["fashioniq", "enhfashioniq"]
+
 
 
 def enabled_sources():
@@ -88,7 +99,106 @@ def rule_resources(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
+def tokenizer_dir():
+    """The tokenizer folder: trained by the workflow, or the user's."""
+    name = config["model"]["tokenizer"]
+    return TRAINED_TOKENIZER if name == "train" else name
+
+
+def backbone_dir():
+    """The BLIP-2 starting point: pretrained by the workflow (embedded default), or the user's checkpoint."""
+    name = config["model"]["backbone"]
+    return TRAINED_BACKBONE if name == "train" else name
+
+
+def fraction_variant(base, fraction):
+    """Figure 5's subsets are variants of the base one, named by the percentage of FACap they see."""
+    return base if fraction == 1 else f"{base}_facap{round(100 * fraction)}"
+
+
+def figure5_variants():
+    spec = config["experiments"]["figure5"]
+    return [(f, fraction_variant(spec["variant"], f)) for f in sorted(spec["fractions"])]
+
+
+def variants():
+    """Every variant: declared in experiments.variants, plus Figure 5's fractions of its base variant."""
+    declared = config["experiments"]["variants"]
+    out = dict(declared)
+    for fraction, name in figure5_variants():
+        base = config["experiments"]["figure5"]["variant"]
+        if base not in declared:
+            raise ValueError(f"experiments.figure5.variant: {base!r} is not in experiments.variants")
+        out.setdefault(name, {**declared[base], "facap_fraction": fraction})
+    return out
+
+
+def variant_spec(name):
+    spec = dict(variants()[name])
+    spec.pop("label", None)
+    return spec
+
+
+def has_facap_stage(name):
+    return variants()[name].get("facap_fraction", 1.0) > 0
+
+
+def stage2_start(wildcards):
+    """Stage 2 fine-tunes the stage-1 model, or the backbone itself for a variant trained without FACap."""
+    return f"models/stage1/{wildcards.variant}" if has_facap_stage(wildcards.variant) else backbone_dir()
+
+
+def checkpoint_dir(stage):
+    return os.path.join(config["training"]["checkpoint_dir"], stage, "{variant}")
+
+
+def evaluation(stage, variant, dataset="fashioniq"):
+    return EVALUATION.format(stage=stage, variant=variant, dataset=dataset)
+
+
+def evaluations(stage, names):
+    return [evaluation(stage, v, d) for v in names for d in EVAL_DATASETS]
+
+
+def check_experiment_names():
+    """Every variant a table or figure names must be declared; a variant without FACap has no stage 1."""
+    ex = config["experiments"]
+    names = set(variants())
+    used = {
+        "table3": [ex["table3"]["without_finetuning"], ex["table3"]["with_finetuning"]],
+        "table4": [e[k] for e in ex["table4"] for k in ("without_facap", "with_facap")],
+        "table5": list(ex["table5"]),
+        "figure6": [ex["figure6"]["variant"]],
+        "search": [config["search"]["variant"]],
+    }
+    for where, listed in used.items():
+        for name in listed:
+            if name not in names:
+                raise ValueError(f"experiments.{where}: variant {name!r} is not declared in experiments.variants")
+    for name in [ex["table3"]["without_finetuning"], *ex["table5"]]:
+        if not has_facap_stage(name):
+            raise ValueError(f"variant {name!r} has facap_fraction 0: it has no model without fine-tuning to evaluate")
+
+
+def table_inputs(number):
+    ex = config["experiments"]
+    if number == 3:
+        return [*evaluations("stage1", [ex["table3"]["without_finetuning"]]),
+                *evaluations("stage2", [ex["table3"]["with_finetuning"]])]
+    if number == 4:
+        return evaluations("stage2", [e[k] for e in ex["table4"] for k in ("without_facap", "with_facap")])
+    return evaluations("stage1", ex["table5"]) + evaluations("stage2", ex["table5"])
+
+
+def search_index():
+    return SEARCH_INDEX.format(stage=config["search"]["stage"], variant=config["search"]["variant"])
+
+
+def experiment_targets():
+    return [TABLES[3], TABLES[4], TABLES[5], FIGURE5, FIGURE6, search_index()]
+
+
 def all_targets():
     """Everything `snakemake all` builds; it grows as stages land."""
     return [MANIFEST, MANIFEST_TRIPLETS, MANIFEST_REPORT, MANIFEST_ISSUES, EMBEDDINGS_REPORT, PAIRS, PAIRS_REPORT,
-            CAPTIONS_REPORT, MODIFICATIONS_REPORT, FACAP, ENHFASHIONIQ, TABLE1]
+            CAPTIONS_REPORT, MODIFICATIONS_REPORT, FACAP, ENHFASHIONIQ, TABLE1, *experiment_targets()]

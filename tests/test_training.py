@@ -36,7 +36,7 @@ def run(out, steps=12, stop_after=None, seed=3, **kw):
     x, y = data()
     cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_every=5, seed=seed, **kw)
     result = train(
-        model, len(x), lambda idx: (x[idx], y[idx]), toy_loss, cfg, out, progress=False, stop_after=stop_after
+        model, len(x), lambda idx, step: (x[idx], y[idx]), toy_loss, cfg, out, progress=False, stop_after=stop_after
     )
     return model, result
 
@@ -72,7 +72,7 @@ def test_a_non_finite_loss_stops_with_a_clear_message(tmp_path):
     x, y = data()
     cfg = TrainConfig(steps=10, batch_size=8, checkpoint_every=2)
     with pytest.raises(TrainingError, match=r"non-finite loss at step 3 \(epoch 0\)"):
-        train(TwoTowers(), len(x), lambda idx: (x[idx], y[idx]), exploding, cfg, tmp_path, progress=False)
+        train(TwoTowers(), len(x), lambda idx, step: (x[idx], y[idx]), exploding, cfg, tmp_path, progress=False)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
 
 
@@ -115,7 +115,7 @@ def test_trains_fashionblip2_stage_one(tmp_path):
 
     vision_before = model.backbone.vision_model.embeddings.patch_embedding.weight.detach().clone()
     result = train(
-        model, 8, lambda idx: idx, loss_fn, TrainConfig(steps=3, batch_size=4, lr=1e-3), tmp_path, progress=False
+        model, 8, lambda idx, step: idx, loss_fn, TrainConfig(steps=3, batch_size=4, lr=1e-3), tmp_path, progress=False
     )
     assert result["done"] and torch.equal(model.backbone.vision_model.embeddings.patch_embedding.weight, vision_before)
     assert {"loss", "cir", "ctr", "lr", "grad_norm"} <= set(

@@ -113,17 +113,35 @@ class FashionBLIP2(PreTrainedModel):
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.backbone.vision_model(pixel_values=pixel_values).last_hidden_state
 
-    def candidate_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    @property
+    def image_encoder_frozen(self) -> bool:
+        """True when no vision parameter trains: its outputs can then be computed once and reused."""
+        return not any(p.requires_grad for p in self.backbone.vision_model.parameters())
+
+    def _image(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        if image_embeds is not None:
+            return image_embeds
+        if pixel_values is None:
+            raise ValueError("give pixel_values or image_embeds")
+        return self.image_features(pixel_values)
+
+    def candidate_tokens(
+        self, pixel_values: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Candidate side: the 32 query tokens after the Q-Former, without text. (B, 32, d_q)."""
-        image = self.image_features(pixel_values)
+        image = self._image(pixel_values, image_embeds)
         queries = self.backbone.query_tokens.expand(image.shape[0], -1, -1)
         return self.backbone.qformer(query_embeds=queries, encoder_hidden_states=image).last_hidden_state
 
     def query_tokens_fused(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Query side: reference image + modification text fused in the Q-Former. (B, 32, d_q)."""
-        image = self.image_features(pixel_values)
+        image = self._image(pixel_values, image_embeds)
         queries = self.backbone.query_tokens.expand(image.shape[0], -1, -1)
         embeds = self.backbone.embeddings(input_ids=input_ids, query_embeds=queries)
         mask = torch.cat(
@@ -137,9 +155,7 @@ class FashionBLIP2(PreTrainedModel):
 
     def caption_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text side (CTR): the Q-Former text path's [CLS] output. (B, d_q)."""
-        embeds = self.backbone.embeddings(input_ids=input_ids)
-        out = self.backbone.qformer(query_embeds=embeds, query_length=0, attention_mask=attention_mask)
-        return out.last_hidden_state[:, 0]
+        return qformer_text_cls(self.backbone, input_ids, attention_mask)
 
     # --- matching ----------------------------------------------------------------------------------
 
@@ -155,11 +171,13 @@ class FashionBLIP2(PreTrainedModel):
         """Heads concatenated: the similarity of a query and a candidate is their inner product."""
         return heads.flatten(1)
 
-    def query_embedding(self, pixel_values, input_ids, attention_mask) -> torch.Tensor:
-        return self.export(self.heads_of(self.query_tokens_fused(pixel_values, input_ids, attention_mask)))
+    def query_embedding(self, pixel_values, input_ids, attention_mask, image_embeds=None) -> torch.Tensor:
+        return self.export(
+            self.heads_of(self.query_tokens_fused(pixel_values, input_ids, attention_mask, image_embeds))
+        )
 
-    def gallery_embedding(self, pixel_values) -> torch.Tensor:
-        return self.export(self.heads_of(self.candidate_tokens(pixel_values)))
+    def gallery_embedding(self, pixel_values=None, image_embeds=None) -> torch.Tensor:
+        return self.export(self.heads_of(self.candidate_tokens(pixel_values, image_embeds)))
 
     def caption_embedding(self, input_ids, attention_mask) -> torch.Tensor:
         """The caption's unit vector repeated per head, in the exported layout."""
@@ -177,11 +195,20 @@ class FashionBLIP2(PreTrainedModel):
     # --- training ----------------------------------------------------------------------------------
 
     def forward(
-        self, reference_pixels, input_ids, attention_mask, target_pixels, caption_ids=None, caption_mask=None
+        self,
+        reference_pixels,
+        input_ids,
+        attention_mask,
+        target_pixels,
+        caption_ids=None,
+        caption_mask=None,
+        reference_embeds=None,
+        target_embeds=None,
     ) -> dict[str, torch.Tensor]:
-        """L_CIR (query vs target image) and, with a caption, L_CTR (query vs target caption)."""
-        query = self.query_embedding(reference_pixels, input_ids, attention_mask)
-        target = self.gallery_embedding(target_pixels)
+        """L_CIR (query vs target image) and, with a caption, L_CTR (query vs target caption).
+        ``*_embeds``: image-encoder outputs computed beforehand (frozen encoder), instead of pixels."""
+        query = self.query_embedding(reference_pixels, input_ids, attention_mask, reference_embeds)
+        target = self.gallery_embedding(target_pixels, target_embeds)
         losses = {"cir": info_nce(query, target, self.temperature)}
         if caption_ids is not None:
             losses["ctr"] = info_nce(query, self.caption_embedding(caption_ids, caption_mask), self.temperature)
@@ -209,6 +236,13 @@ def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: torch.Tenso
     """InfoNCE with in-batch negatives: row i's positive is column i."""
     logits = query @ target.T / temperature
     return F.cross_entropy(logits, torch.arange(len(query), device=query.device))
+
+
+def qformer_text_cls(backbone: Blip2ForImageTextRetrieval, input_ids, attention_mask) -> torch.Tensor:
+    """The Q-Former text path's [CLS] output (no queries, no image). (B, d_q)."""
+    embeds = backbone.embeddings(input_ids=input_ids)
+    out = backbone.qformer(query_embeds=embeds, query_length=0, attention_mask=attention_mask)
+    return out.last_hidden_state[:, 0]
 
 
 def _random_backbone(config) -> Blip2ForImageTextRetrieval:

@@ -1,0 +1,87 @@
+"""The ``fashionblip2`` console command.
+
+    fashionblip2 search --model models/stage2/cir_mh --index results/index/stage2/cir_mh \\
+        --image my_dress.jpg --text "is red and has shorter sleeves" --top-k 10 --sheet results.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fashionblip2.cli_utils import setup_logging
+
+
+def search(args: argparse.Namespace) -> int:
+    import torch
+
+    from fashionblip2.data import normalise, target_pad
+    from fashionblip2.figures import SheetRow, contact_sheet
+    from fashionblip2.images import load_rgb
+    from fashionblip2.model import FashionBLIP2
+    from fashionblip2.retrieval import load_index
+    from fashionblip2.text import load_tokenizer, tokenize
+    from fashionblip2.training import resolve_device
+
+    index, ids, paths = load_index(args.index)
+    device = resolve_device(args.device)
+    model = FashionBLIP2.from_pretrained(args.model).to(device).eval()
+    if index.d != model.heads * model.config.head_dim:
+        raise SystemExit(
+            f"{args.index} holds {index.d}-d vectors; {args.model} makes "
+            f"{model.heads * model.config.head_dim}-d ones: index the gallery with this model"
+        )
+    tokenizer = load_tokenizer(args.model)
+    size = model.config.blip2_config().vision_config.image_size
+    import numpy as np
+
+    pixels = torch.from_numpy(np.asarray(target_pad(load_rgb(args.image), size)).copy()).permute(2, 0, 1)
+    ids_t, mask = tokenize(tokenizer, [args.text], model.config.max_text_length)
+    with torch.no_grad():
+        query = model.query_embedding(normalise(pixels[None]).to(device), ids_t.to(device), mask.to(device))
+    scores, top = index.search(query.float().cpu().numpy(), min(args.top_k, index.ntotal))
+    print(f"{'rank':>4}  {'score':>8}  image_id")
+    for rank, (i, s) in enumerate(zip(top[0], scores[0], strict=True), 1):
+        print(f"{rank:>4}  {s:8.4f}  {ids[i]}")
+    if args.sheet:
+        row = SheetRow(
+            args.image, args.text, [paths[i] for i in top[0]], [f"#{r} {s:.3f}" for r, s in enumerate(scores[0], 1)]
+        )
+        contact_sheet([row], args.sheet, title=f"fashionblip2 search: {args.model}")
+        print(f"contact sheet: {args.sheet}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fashionblip2", description="FACap / FashionBLIP-2 tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "search",
+        help="composed image retrieval: a reference image and a modification text against an indexed gallery",
+        description="Print the top-k gallery images for a reference image and a text (and draw a contact sheet).",
+    )
+    p.add_argument("--model", required=True, help="a trained FashionBLIP-2 folder (models/stage2/<variant>)")
+    p.add_argument("--index", required=True, help="a gallery index folder (results/index/<stage>/<variant>)")
+    p.add_argument("--image", required=True, help="the reference image file")
+    p.add_argument("--text", required=True, help="the modification text")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--sheet", help="also write a contact-sheet PNG here")
+    p.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    setup_logging()
+    import logging
+
+    import transformers
+
+    # The command prints a result table: keep library chatter (FAISS's loader, transformers) out of it.
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    try:
+        return search(args)
+    except FileNotFoundError as e:
+        print(f"fashionblip2: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Tables 3, 4 and 5 of the paper from the evaluation files, with the paper's reported rows beside
+ours (marked as reported, never mixed with computed numbers) and the chance level of our galleries.
+
+Evaluation files: ``<eval_root>/<stage>/<variant>/<dataset>.json`` as written by
+``workflow_scripts/evaluate_model.py`` (stage1 = trained on FACap only, "without fine-tuning";
+stage2 = fine-tuned on FashionIQ).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CATEGORY_NAMES = {"dress": "Dresses", "shirt": "Shirts", "toptee": "Tops&tees"}
+REPORTED = "reported by the paper"
+WITHOUT_FT, WITH_FT = "Without fine-tuning", "With fine-tuning"
+
+# Table 3 as reported: Dresses, Shirts, Tops&tees (R@10, R@50 each), mean R@10, mean R@50, Avg.
+TABLE3_REPORTED = [
+    (WITHOUT_FT, "Pic2Word", 20.00, 40.20, 26.20, 43.60, 27.90, 47.40, 24.70, 43.70, 34.2),
+    (WITHOUT_FT, "SEARLE (ViT-L/14)", 20.48, 43.13, 26.89, 45.58, 29.32, 49.97, 25.56, 46.23, 35.9),
+    (WITHOUT_FT, "Context-I2W", 23.1, 45.3, 29.7, 48.6, 30.6, 52.9, 27.8, 48.9, 39.3),
+    (WITHOUT_FT, "FTI4CIR", 24.39, 47.84, 31.35, 50.59, 32.43, 54.21, 20.39, 50.88, 40.1),
+    (WITHOUT_FT, "LDRE (ViT-G/14)", 26.11, 51.12, 35.94, 58.58, 35.42, 56.67, 32.49, 55.46, 43.9),
+    (WITHOUT_FT, "FashionBLIP-2", 32.52, 53.25, 34.79, 52.40, 36.66, 58.13, 34.66, 54.59, 44.6),
+    (WITH_FT, "CLIP4CIR", 33.81, 59.40, 39.99, 60.45, 41.41, 65.37, 38.32, 61.74, 50.0),
+    (WITH_FT, "BLIP4CIR+Bi", 42.09, 67.33, 41.76, 64.28, 46.61, 70.32, 43.49, 67.31, 55.4),
+    (WITH_FT, "BLIP2-Cir", 41.57, 66.02, 46.86, 66.00, 49.44, 72.25, 45.96, 68.09, 57.0),
+    (WITH_FT, "TG-CIR", 45.22, 69.66, 52.60, 72.52, 56.14, 77.10, 51.32, 73.09, 58.0),
+    (WITH_FT, "FAME-ViL", 42.19, 67.38, 47.64, 68.79, 50.69, 73.07, 46.84, 69.75, 58.2),
+    (WITH_FT, "Re-ranking", 48.14, 71.43, 50.15, 71.25, 55.23, 76.80, 51.17, 73.13, 62.1),
+    (WITH_FT, "SPRC", 49.18, 72.43, 55.64, 73.89, 59.35, 78.58, 54.92, 74.97, 64.8),
+    (WITH_FT, "UniFashion", 53.72, 73.66, 61.25, 76.67, 61.84, 80.46, 58.93, 76.93, 67.9),
+    (WITH_FT, "FashionBLIP-2", 51.41, 73.53, 57.02, 75.32, 58.95, 79.60, 55.79, 76.15, 65.9),
+]
+# Table 4 as reported: model, pretrained on FACap, fine-tuned on FIQ, FIQ Avg, enhFIQ Avg.
+TABLE4_REPORTED = [
+    ("SPRC", "no", "yes", 64.85, 79.59),
+    ("SPRC", "yes", "yes", 64.87, 80.29),
+    ("UniFashion (released code)", "no", "yes", 65.34, 81.97),
+    ("UniFashion (released code)", "yes", "yes", 64.51, 87.30),
+    ("FashionBLIP-2", "no", "yes", 64.46, 80.32),
+    ("FashionBLIP-2", "yes", "yes", 65.97, 87.93),
+]
+# Table 5 as reported: tasks, adapter, matching, then FIQ and enhFIQ Avg without and with fine-tuning.
+TABLE5_REPORTED = [
+    ("CIR", "no", "Global", 41.04, 87.81, 64.36, 86.42),
+    ("CIR", "yes", "Global", 42.62, 88.20, 64.38, 86.75),
+    ("CIR", "yes", "MH", 43.31, 89.14, 65.97, 87.93),
+    ("CIR+CTR", "yes", "MH", 44.63, 89.45, 65.62, 86.93),
+]
+
+
+class MissingEvaluation(FileNotFoundError):
+    pass
+
+
+def load_eval(eval_root: str | os.PathLike[str], stage: str, variant: str, dataset: str) -> dict[str, Any]:
+    path = Path(eval_root) / stage / variant / f"{dataset}.json"
+    if not path.exists():
+        raise MissingEvaluation(f"{path}: no evaluation of {variant} ({stage}) on {dataset}")
+    return json.loads(path.read_text())
+
+
+def _recall_columns(result: dict[str, Any], categories: list[str], chance: bool = False) -> dict[str, float]:
+    cols: dict[str, float] = {}
+    for c in categories:
+        r = result["categories"].get(c, {})
+        for k in (10, 50):
+            cols[f"{CATEGORY_NAMES[c]} R@{k}"] = r.get(f"chance R@{k}" if chance else f"R@{k}", float("nan"))
+    summary = result["chance"] if chance else result["summary"]
+    cols |= {"Avg R@10": summary["mean R@10"], "Avg R@50": summary["mean R@50"], "Avg": summary["Avg"]}
+    return cols
+
+
+def table3(eval_root: str | os.PathLike[str], spec: dict[str, str], origin: str) -> pd.DataFrame:
+    categories = list(CATEGORY_NAMES)
+    zero = load_eval(eval_root, "stage1", spec["without_finetuning"], "fashioniq")
+    tuned = load_eval(eval_root, "stage2", spec["with_finetuning"], "fashioniq")
+    rows = [
+        {
+            "Setting": "-",
+            "Model": "chance (random ranking)",
+            "Rows from": origin,
+            **_recall_columns(zero, categories, True),
+        },
+        {
+            "Setting": WITHOUT_FT,
+            "Model": f"FashionBLIP-2 ({spec['without_finetuning']})",
+            "Rows from": origin,
+            **_recall_columns(zero, categories),
+        },
+        {
+            "Setting": WITH_FT,
+            "Model": f"FashionBLIP-2 ({spec['with_finetuning']})",
+            "Rows from": origin,
+            **_recall_columns(tuned, categories),
+        },
+    ]
+    columns = [f"{CATEGORY_NAMES[c]} R@{k}" for c in categories for k in (10, 50)] + ["Avg R@10", "Avg R@50", "Avg"]
+    for setting, model, *values in TABLE3_REPORTED:
+        rows.append(
+            {"Setting": setting, "Model": model, "Rows from": REPORTED, **dict(zip(columns, values, strict=True))}
+        )
+    return pd.DataFrame(rows, columns=["Setting", "Model", "Rows from", *columns])
+
+
+def _avg(eval_root, stage: str, variant: str, dataset: str) -> float:
+    return load_eval(eval_root, stage, variant, dataset)["summary"]["Avg"]
+
+
+def table4(eval_root: str | os.PathLike[str], spec: list[dict[str, str]], origin: str) -> pd.DataFrame:
+    rows = []
+    for entry in spec:
+        for pretrained, variant in (("no", entry["without_facap"]), ("yes", entry["with_facap"])):
+            rows.append(
+                {
+                    "Model": f"{entry['model']} ({variant})",
+                    "Pretrain on FACap": pretrained,
+                    "Fine-tune on FIQ": "yes",
+                    "FIQ": _avg(eval_root, "stage2", variant, "fashioniq"),
+                    "enhFIQ": _avg(eval_root, "stage2", variant, "enhfashioniq"),
+                    "Rows from": origin,
+                }
+            )
+    for model, pre, ft, fiq, enh in TABLE4_REPORTED:
+        rows.append(
+            {
+                "Model": model,
+                "Pretrain on FACap": pre,
+                "Fine-tune on FIQ": ft,
+                "FIQ": fiq,
+                "enhFIQ": enh,
+                "Rows from": REPORTED,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def table5(
+    eval_root: str | os.PathLike[str], variants: list[str], specs: dict[str, dict[str, Any]], origin: str
+) -> pd.DataFrame:
+    rows = []
+    for name in variants:
+        v = specs[name]
+        row = {
+            "Variant": name,
+            "Training tasks": "+".join(x.upper() for x in v.get("losses", ["cir", "ctr"])),
+            "Adapter": "yes" if v.get("adapters", True) else "no",
+            "Matching": "MH" if v.get("matching", "multihead") == "multihead" else "Global",
+        }
+        for stage, setting in (("stage1", "no fine-tuning"), ("stage2", "w/ fine-tuning")):
+            for dataset, short in (("fashioniq", "FIQ"), ("enhfashioniq", "enhFIQ")):
+                row[f"{setting} {short}"] = _avg(eval_root, stage, name, dataset)
+        rows.append(row | {"Rows from": origin})
+    keys = ["no fine-tuning FIQ", "no fine-tuning enhFIQ", "w/ fine-tuning FIQ", "w/ fine-tuning enhFIQ"]
+    for tasks, adapter, matching, *values in TABLE5_REPORTED:
+        rows.append(
+            {
+                "Variant": "-",
+                "Training tasks": tasks,
+                "Adapter": adapter,
+                "Matching": matching,
+                **dict(zip(keys, values, strict=True)),
+                "Rows from": REPORTED,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def chance_note(eval_root: str | os.PathLike[str], stage: str, variant: str) -> str:
+    parts = []
+    for dataset in ("fashioniq", "enhfashioniq"):
+        try:
+            r = load_eval(eval_root, stage, variant, dataset)
+        except MissingEvaluation:
+            continue
+        galleries = ", ".join(f"{c} {v['gallery']}" for c, v in r["categories"].items())
+        parts.append(f"{dataset}: Avg {r['chance']['Avg']:.2f} (gallery sizes {galleries})")
+    return "Chance level (random ranking) of our galleries: " + "; ".join(parts) + "."

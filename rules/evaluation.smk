@@ -1,0 +1,63 @@
+# Stage: evaluation with the FashionIQ protocol (DESIGN.md §7) on FashionIQ val and enhFashionIQ,
+# and the gallery index of `fashionblip2 search`.
+
+
+rule evaluate:
+    input:
+        model=MODEL,
+        manifest=MANIFEST,
+        fashioniq=fashioniq_input(),
+        enhfashioniq=ENHFASHIONIQ,
+    output:
+        results=expand(EVALUATION, dataset=EVAL_DATASETS, allow_missing=True),
+        rankings=expand(RANKINGS, dataset=EVAL_DATASETS, allow_missing=True),
+    params:
+        fashioniq_root=fashioniq_root(),
+        categories=json.dumps(config["evaluation"]["categories"]),
+        device=config["evaluation"]["device"],
+        batch_size=config["evaluation"]["batch_size"],
+        out_dir="results/eval/{stage}/{variant}",
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/evaluation/{stage}_{variant}.log",
+    conda:
+        "../envs/train.yaml"
+    threads: rule_resources("evaluate", "threads", 1)
+    resources:
+        runtime=rule_resources("evaluate", "runtime", 60),
+        mem_mb=rule_resources("evaluate", "mem_mb", 16000),
+        cpus_per_task=rule_resources("evaluate", "cpus_per_task", 1),
+        gpu=rule_resources("evaluate", "gpu", 0),
+    shell:
+        "python workflow_scripts/evaluate_model.py --model {input.model} --manifest {input.manifest}"
+        " --fashioniq-root {params.fashioniq_root} --enhfashioniq {input.enhfashioniq}"
+        " --categories {params.categories:q} --device {params.device} --batch-size {params.batch_size}"
+        " --threads {threads} --data {params.data} --run-name {params.run_name} --out-dir {params.out_dir} 2> {log}"
+
+
+rule search_index:
+    input:
+        model=MODEL,
+        manifest=MANIFEST,
+    output:
+        directory(SEARCH_INDEX),
+    params:
+        sources=json.dumps(config["search"]["gallery_sources"]),
+        splits=json.dumps(config["search"]["gallery_splits"]),
+        device=config["evaluation"]["device"],
+        batch_size=config["evaluation"]["batch_size"],
+    log:
+        "logs/evaluation/search_index_{stage}_{variant}.log",
+    conda:
+        "../envs/train.yaml"
+    threads: rule_resources("search_index", "threads", 1)
+    resources:
+        runtime=rule_resources("search_index", "runtime", 60),
+        mem_mb=rule_resources("search_index", "mem_mb", 16000),
+        cpus_per_task=rule_resources("search_index", "cpus_per_task", 1),
+        gpu=rule_resources("search_index", "gpu", 0),
+    shell:
+        "python workflow_scripts/build_search_index.py --model {input.model} --manifest {input.manifest}"
+        " --sources {params.sources:q} --splits {params.splits:q} --device {params.device}"
+        " --batch-size {params.batch_size} --threads {threads} --out {output} 2> {log}"

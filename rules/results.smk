@@ -1,0 +1,79 @@
+# Stage: the paper's experiment tables (3, 4, 5) and figures (5, 6) from the evaluations. Each is
+# its own target: `snakemake --cores 2 results/tables/table5.md` builds that table and what it needs.
+
+
+rule table:
+    input:
+        lambda wc: table_inputs(int(wc.number)),
+    output:
+        md="results/tables/table{number}.md",
+        csv="results/tables/table{number}.csv",
+        tex="results/tables/table{number}.tex",
+    wildcard_constraints:
+        number="[345]",
+    params:
+        spec=lambda wc: json.dumps(config["experiments"][f"table{wc.number}"]),
+        variants=json.dumps(variants(), sort_keys=True),
+        stem="results/tables/table{number}",
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/results/table{number}.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        runtime=5,
+        mem_mb=1000,
+    shell:
+        "python workflow_scripts/make_results.py table{wildcards.number} --spec {params.spec:q}"
+        " --variants {params.variants:q} --eval-root results/eval --data {params.data}"
+        " --run-name {params.run_name} --out {params.stem} 2> {log}"
+
+
+rule figure5:
+    input:
+        evaluations("stage1", [name for _, name in figure5_variants()]),
+    output:
+        png=FIGURE5,
+        csv=FIGURE5.replace(".png", ".csv"),
+    params:
+        spec=json.dumps({"variants": figure5_variants()}),
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/results/figure5.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        runtime=5,
+        mem_mb=1000,
+    shell:
+        "python workflow_scripts/make_results.py figure5 --spec {params.spec:q} --eval-root results/eval"
+        " --data {params.data} --run-name {params.run_name} --out {output.png} 2> {log}"
+
+
+rule figure6:
+    input:
+        rankings=expand(
+            RANKINGS,
+            stage=config["experiments"]["figure6"]["stage"],
+            variant=config["experiments"]["figure6"]["variant"],
+            dataset=EVAL_DATASETS,
+        ),
+        manifest=MANIFEST,
+    output:
+        FIGURE6,
+    params:
+        spec=json.dumps(config["experiments"]["figure6"]),
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/results/figure6.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        runtime=5,
+        mem_mb=2000,
+    shell:
+        "python workflow_scripts/make_results.py figure6 --spec {params.spec:q} --eval-root results/eval"
+        " --manifest {input.manifest} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"

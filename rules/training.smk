@@ -1,0 +1,129 @@
+# Stage: FashionBLIP-2 training (paper §4.4). The tokenizer and the "general-domain" backbone of
+# the embedded default, then stage 1 on FACap and stage 2 on FashionIQ for every variant of
+# experiments.variants. Checkpoints live outside the outputs, so a killed job resumes.
+
+
+rule tokenizer:
+    input:
+        manifest=MANIFEST,
+        triplets=MANIFEST_TRIPLETS,
+        facap=FACAP,
+    output:
+        directory(TRAINED_TOKENIZER),
+    params:
+        vocab_size=config["model"]["vocab_size"],
+        max_length=config["model"]["max_text_length"],
+    log:
+        "logs/training/tokenizer.log",
+    conda:
+        "../envs/train.yaml"
+    threads: rule_resources("tokenizer", "threads", 1)
+    resources:
+        runtime=rule_resources("tokenizer", "runtime", 10),
+        mem_mb=rule_resources("tokenizer", "mem_mb", 2000),
+        cpus_per_task=rule_resources("tokenizer", "cpus_per_task", 1),
+    shell:
+        "python workflow_scripts/train_tokenizer.py --manifest {input.manifest} --facap {input.facap}"
+        " --fashioniq-triplets {input.triplets} --vocab-size {params.vocab_size} --max-length {params.max_length}"
+        " --out {output} 2> {log}"
+
+
+rule pretrain:
+    input:
+        manifest=MANIFEST,
+        tokenizer=tokenizer_dir(),
+    output:
+        directory(TRAINED_BACKBONE),
+    params:
+        run=json.dumps(config["training"]["pretrain"], sort_keys=True),
+        training=json.dumps(config["training"], sort_keys=True),
+        image_size=config["model"]["image_size"],
+        max_text_length=config["model"]["max_text_length"],
+        checkpoints=os.path.join(config["training"]["checkpoint_dir"], "backbone"),
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/training/pretrain.log",
+    conda:
+        "../envs/train.yaml"
+    threads: rule_resources("pretrain", "threads", 1)
+    resources:
+        runtime=rule_resources("pretrain", "runtime", 600),
+        mem_mb=rule_resources("pretrain", "mem_mb", 16000),
+        cpus_per_task=rule_resources("pretrain", "cpus_per_task", 1),
+        gpu=rule_resources("pretrain", "gpu", 0),
+    shell:
+        "python workflow_scripts/pretrain_backbone.py --manifest {input.manifest} --tokenizer {input.tokenizer}"
+        " --image-size {params.image_size} --max-text-length {params.max_text_length} --run {params.run:q}"
+        " --training {params.training:q} --checkpoints {params.checkpoints} --threads {threads}"
+        " --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+
+
+rule train_stage1:
+    input:
+        manifest=MANIFEST,
+        facap=FACAP,
+        start=backbone_dir(),
+        tokenizer=tokenizer_dir(),
+    output:
+        directory("models/stage1/{variant}"),
+    params:
+        spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
+        model=json.dumps({k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}),
+        run=json.dumps(config["training"]["stage1"], sort_keys=True),
+        training=json.dumps(config["training"], sort_keys=True),
+        checkpoints=checkpoint_dir("stage1"),
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/training/stage1_{variant}.log",
+    conda:
+        "../envs/train.yaml"
+    threads: rule_resources("train_stage1", "threads", 1)
+    resources:
+        runtime=rule_resources("train_stage1", "runtime", 1440),
+        mem_mb=rule_resources("train_stage1", "mem_mb", 32000),
+        cpus_per_task=rule_resources("train_stage1", "cpus_per_task", 1),
+        gpu=rule_resources("train_stage1", "gpu", 0),
+    shell:
+        "python workflow_scripts/train_model.py --stage 1 --variant {wildcards.variant} --spec {params.spec:q}"
+        " --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
+        " --manifest {input.manifest} --facap {input.facap} --run {params.run:q} --training {params.training:q}"
+        " --checkpoints {params.checkpoints} --threads {threads} --data {params.data} --run-name {params.run_name}"
+        " --out {output} 2> {log}"
+
+
+rule train_stage2:
+    input:
+        manifest=MANIFEST,
+        fashioniq=fashioniq_input(),
+        start=stage2_start,
+        tokenizer=tokenizer_dir(),
+    output:
+        directory("models/stage2/{variant}"),
+    params:
+        spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
+        model=json.dumps({k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}),
+        run=json.dumps(config["training"]["stage2"], sort_keys=True),
+        training=json.dumps(config["training"], sort_keys=True),
+        fashioniq_root=fashioniq_root(),
+        categories=json.dumps(config["evaluation"]["categories"]),
+        checkpoints=checkpoint_dir("stage2"),
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/training/stage2_{variant}.log",
+    conda:
+        "../envs/train.yaml"
+    threads: rule_resources("train_stage2", "threads", 1)
+    resources:
+        runtime=rule_resources("train_stage2", "runtime", 600),
+        mem_mb=rule_resources("train_stage2", "mem_mb", 32000),
+        cpus_per_task=rule_resources("train_stage2", "cpus_per_task", 1),
+        gpu=rule_resources("train_stage2", "gpu", 0),
+    shell:
+        "python workflow_scripts/train_model.py --stage 2 --variant {wildcards.variant} --spec {params.spec:q}"
+        " --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
+        " --manifest {input.manifest} --fashioniq-root {params.fashioniq_root} --categories {params.categories:q}"
+        " --run {params.run:q} --training {params.training:q} --checkpoints {params.checkpoints}"
+        " --threads {threads} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"

@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Index a gallery for `fashionblip2 search`: encode the chosen manifest images once with a trained
+model and write a FAISS exact inner-product index with the image ids and paths.
+
+Example:
+    python workflow_scripts/build_search_index.py --model models/stage2/cir_mh \\
+        --manifest data/manifest/images.parquet --sources '["fashioniq"]' --splits '["val"]' \\
+        --out results/index/stage2/cir_mh
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import pandas as pd  # noqa: E402
+
+from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.data import ImageStore, manifest_paths  # noqa: E402
+from fashionblip2.experiments import set_threads  # noqa: E402
+from fashionblip2.model import FashionBLIP2  # noqa: E402
+from fashionblip2.retrieval import encode_gallery, save_index  # noqa: E402
+from fashionblip2.training import resolve_device  # noqa: E402
+
+log = logging.getLogger("build_search_index")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--sources", default='["fashioniq"]', help="JSON list of manifest sources to index")
+    parser.add_argument("--splits", default='["val"]', help="JSON list of manifest splits to index")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    setup_logging()
+    set_threads(args.threads)
+    manifest = pd.read_parquet(args.manifest)
+    rows = manifest[manifest["source"].isin(json.loads(args.sources)) & manifest["split"].isin(json.loads(args.splits))]
+    # FashionIQ lists some images under two categories: index each file once.
+    rows = rows.drop_duplicates("path")
+    if rows.empty:
+        raise SystemExit("no manifest image matches --sources and --splits")
+    device = resolve_device(args.device)
+    model = FashionBLIP2.from_pretrained(args.model).to(device).eval()
+    store = ImageStore(manifest_paths(manifest), model.config.blip2_config().vision_config.image_size, cache=False)
+    vectors = encode_gallery(model, store, rows["image_id"].tolist(), device, args.batch_size, progress=True)
+    save_index(vectors, rows["image_id"].tolist(), rows["path"].tolist(), args.out)
+    log.info("indexed %d images -> %s", len(rows), args.out)
+
+
+if __name__ == "__main__":
+    run_main(main)

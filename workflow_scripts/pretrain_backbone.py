@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Pretrain the embedded default's "general-domain" BLIP-2: a tiny BLIP-2 trained from scratch
+with BLIP-2's image-text contrastive objective on the general images (every source but FashionIQ)
+and their product texts. Saved as a BLIP-2 retrieval checkpoint folder, the format of the real ones.
+A killed run resumes from its checkpoint.
+
+Example:
+    python workflow_scripts/pretrain_backbone.py --manifest data/manifest/images.parquet \\
+        --tokenizer models/tokenizer --run '{"steps": 400, "batch_size": 32, "lr": 0.001}' \\
+        --checkpoints checkpoints/backbone --out models/backbone
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import pandas as pd  # noqa: E402
+
+from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.data import ImageStore, manifest_paths, pretraining_pairs  # noqa: E402
+from fashionblip2.experiments import run_info, save_run, set_threads, train_backbone, train_config  # noqa: E402
+from fashionblip2.model.configuration import tiny_blip2_config  # noqa: E402
+from fashionblip2.model.pretraining import Blip2ImageTextContrastive  # noqa: E402
+from fashionblip2.provenance import provenance  # noqa: E402
+from fashionblip2.text import load_tokenizer  # noqa: E402
+
+log = logging.getLogger("pretrain_backbone")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--tokenizer", required=True, help="a tokenizer folder")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--max-text-length", type=int, default=64)
+    parser.add_argument("--run", default="{}", help="JSON: steps, batch_size, lr, warmup_steps, ...")
+    parser.add_argument("--training", default="{}", help="JSON: seed, device, precision, gradient_checkpointing")
+    parser.add_argument("--checkpoints", required=True, help="checkpoint folder (kept until the run is complete)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--run-name", default="manual")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    setup_logging()
+    set_threads(args.threads)
+    cfg = train_config(json.loads(args.run), json.loads(args.training))
+    manifest = pd.read_parquet(args.manifest)
+    keys, texts = pretraining_pairs(manifest)
+    if len(keys) < cfg.batch_size:
+        raise SystemExit(f"{args.manifest}: {len(keys)} images with a product text, fewer than a batch")
+    tokenizer = load_tokenizer(args.tokenizer)
+    model = Blip2ImageTextContrastive(tiny_blip2_config(vocab_size=len(tokenizer), image_size=args.image_size))
+    log.info("pretraining on %d image-text pairs for %d steps", len(keys), cfg.steps)
+    train_backbone(
+        model,
+        keys,
+        texts,
+        ImageStore(manifest_paths(manifest), args.image_size),
+        tokenizer,
+        cfg,
+        args.checkpoints,
+        max_text_length=args.max_text_length,
+    )
+    info = run_info("pretrain", None, cfg, {"pairs": len(keys)}, provenance=provenance(args.data, args.run_name))
+    save_run(model.cpu(), tokenizer, args.out, args.checkpoints, info)
+
+
+if __name__ == "__main__":
+    run_main(main)

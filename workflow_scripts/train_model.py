@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Train one FashionBLIP-2 variant: stage 1 on FACap (L_CIR, + L_CTR if the variant has it), or
+stage 2 on FashionIQ train (L_CIR only, image encoder and adapters frozen, captions randomised).
+Triplets whose images are missing are skipped and counted. A killed run resumes from its checkpoint
+with the same data order.
+
+Examples:
+    python workflow_scripts/train_model.py --stage 1 --variant cir_ctr_mh --spec '{"losses": ["cir", "ctr"]}' \\
+        --start models/backbone --tokenizer models/tokenizer --manifest data/manifest/images.parquet \\
+        --facap data/facap --checkpoints checkpoints/stage1/cir_ctr_mh --out models/stage1/cir_ctr_mh
+    python workflow_scripts/train_model.py --stage 2 --variant cir_ctr_mh --start models/stage1/cir_ctr_mh \\
+        --tokenizer models/tokenizer --manifest data/manifest/images.parquet --fashioniq-root data/raw/fashioniq \\
+        --checkpoints checkpoints/stage2/cir_ctr_mh --out models/stage2/cir_ctr_mh
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import pandas as pd  # noqa: E402
+
+from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.data import ImageStore, manifest_paths, read_facap, read_fashioniq_split  # noqa: E402
+from fashionblip2.experiments import (  # noqa: E402
+    ModelSettings,
+    Variant,
+    build_model,
+    run_info,
+    save_run,
+    set_threads,
+    train_cir,
+    train_config,
+)
+from fashionblip2.provenance import provenance  # noqa: E402
+from fashionblip2.report import InputReport  # noqa: E402
+from fashionblip2.text import load_tokenizer  # noqa: E402
+
+log = logging.getLogger("train_model")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", type=int, choices=[1, 2], required=True)
+    parser.add_argument("--variant", required=True, help="the variant's name (recorded)")
+    parser.add_argument("--spec", default="{}", help="JSON: the variant (losses, adapters, matching, facap_fraction)")
+    parser.add_argument(
+        "--model-settings", default="{}", help="JSON: adapter_factor, num_heads, head_dim, max_text_length"
+    )
+    parser.add_argument("--start", required=True, help="a BLIP-2 checkpoint folder, or (stage 2) a stage-1 model")
+    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--facap", help="stage 1: the FACap folder")
+    parser.add_argument("--fashioniq-root", help="stage 2: the FashionIQ folder (train captions)")
+    parser.add_argument("--categories", default='["dress", "shirt", "toptee"]')
+    parser.add_argument("--run", default="{}", help="JSON: steps, batch_size, lr, warmup_steps, ...")
+    parser.add_argument("--training", default="{}", help="JSON: seed, device, precision, gradient_checkpointing")
+    parser.add_argument("--checkpoints", required=True, help="checkpoint folder (kept until the run is complete)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--run-name", default="manual")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    setup_logging()
+    set_threads(args.threads)
+    variant = Variant(**json.loads(args.spec))
+    cfg = train_config(json.loads(args.run), json.loads(args.training))
+    manifest = pd.read_parquet(args.manifest)
+    report = InputReport()
+    if args.stage == 1:
+        if not args.facap:
+            parser.error("stage 1 needs --facap")
+        if variant.facap_fraction == 0:
+            parser.error(f"variant {args.variant} has facap_fraction 0: it has no stage 1")
+        data = read_facap(args.facap, manifest, report)
+        full = len(data)
+        if variant.facap_fraction < 1:
+            data = data.fraction(variant.facap_fraction, cfg.seed)
+        counts = {"facap_triplets": full, "used": len(data), "fraction": variant.facap_fraction}
+    else:
+        if not args.fashioniq_root:
+            parser.error("stage 2 needs --fashioniq-root")
+        available = set(manifest["image_id"])
+        data = read_fashioniq_split(args.fashioniq_root, "train", json.loads(args.categories), available, report)
+        counts = {"fashioniq_train_triplets": len(data)}
+    counts["skipped"] = report.summary()
+    if report.count("skipped"):
+        log.warning("%d triplet(s) skipped: %s", report.count("skipped"), report.summary())
+    if len(data) < cfg.batch_size:
+        raise SystemExit(f"{len(data)} usable triplets, fewer than one batch of {cfg.batch_size}")
+    tokenizer = load_tokenizer(args.tokenizer)
+    model = build_model(args.start, variant, ModelSettings(**json.loads(args.model_settings)), args.stage)
+    log.info(
+        "stage %d, variant %s: %d triplets, %d steps; parameters %s",
+        args.stage,
+        args.variant,
+        len(data),
+        cfg.steps,
+        model.parameter_counts(),
+    )
+    store = ImageStore(manifest_paths(manifest), model.config.blip2_config().vision_config.image_size)
+    with_captions = args.stage == 1 and "ctr" in variant.losses
+    train_cir(
+        model, data, store, tokenizer, cfg, args.checkpoints, with_captions=with_captions, randomise=args.stage == 2
+    )
+    info = run_info(
+        f"stage{args.stage}",
+        variant,
+        cfg,
+        counts,
+        name=args.variant,
+        start=args.start,
+        parameters=model.parameter_counts(),
+        provenance=provenance(args.data, args.run_name),
+    )
+    save_run(model.cpu(), tokenizer, args.out, args.checkpoints, info)
+
+
+if __name__ == "__main__":
+    run_main(main)
