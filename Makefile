@@ -36,4 +36,4 @@ lint: install
 	$(BIN)/snakemake --lint
 
 clean-results:
-	rm -rf data results logs .snakemake
+	rm -rf data results logs models checkpoints .snakemake

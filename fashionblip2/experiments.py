@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fashionblip2.data import ImageStore, Triplets
@@ -117,11 +118,19 @@ def cir_training_batches(
     randomise: bool,
     seed: int,
     device: torch.device,
+    cache_features: bool = True,
 ):
     """``make_batch`` and ``loss_fn`` for the trainer: CIR (and CTR) on triplets. Texts are drawn
-    with a generator seeded by (seed, step, index): a resumed run draws the same texts."""
+    with a generator seeded by (seed, step, index): a resumed run draws the same texts.
+    ``cache_features``: keep a frozen encoder's outputs in memory (off at paper scale: ViT-g
+    outputs of 25k images would take about 36 GB)."""
     max_len = model.config.max_text_length
-    features = ImageFeatureCache(model, store) if model.image_encoder_frozen else None
+    features = None
+    if model.image_encoder_frozen and cache_features:
+        features = ImageFeatureCache(model, store)
+        # All at once, in a fixed order: a feature must not depend on which batch first needed it
+        # (batch composition changes the last bits of a matmul), or a resumed run would drift.
+        features(sorted(set(data.reference) | set(data.target)), device)
 
     def make_batch(indices: Sequence[int], step: int) -> dict[str, Any]:
         texts = [data.training_text(i, random.Random(f"{seed}/{step}/{i}"), randomise) for i in indices]
@@ -163,14 +172,25 @@ def train_cir(
     *,
     with_captions: bool,
     randomise: bool,
+    cache_features: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
     if with_captions and data.target_caption is None:
         raise ValueError("CTR needs target captions; this dataset has none (FashionIQ: use losses [cir])")
-    device = resolve_device(cfg.device)
+    from fashionblip2.distributed import init_from_env
+
+    device = init_from_env(resolve_device(cfg.device))  # this rank's device under torchrun
     make_batch, loss_fn = cir_training_batches(
-        model, data, store, tokenizer, with_captions=with_captions, randomise=randomise, seed=cfg.seed, device=device
+        model,
+        data,
+        store,
+        tokenizer,
+        with_captions=with_captions,
+        randomise=randomise,
+        seed=cfg.seed,
+        device=device,
+        cache_features=cache_features,
     )
     return train(model, len(data), make_batch, loss_fn, cfg, checkpoint_dir, progress=progress, stop_after=stop_after)
 
@@ -182,7 +202,12 @@ def save_run(
     checkpoint_dir: str | os.PathLike[str],
     info: dict[str, Any],
 ) -> None:
-    """Write the run folder whole (atomically), then drop the checkpoint it no longer needs."""
+    """Write the run folder whole (atomically), then drop the checkpoint it no longer needs.
+    Under data parallelism only rank 0 writes."""
+    from fashionblip2.distributed import world
+
+    if world()[0] != 0:
+        return
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -234,6 +259,14 @@ def train_config(run: dict[str, Any], common: dict[str, Any]) -> TrainConfig:
     """A run's TrainConfig from config: its own section (steps, lr, ...) plus the shared keys."""
     shared = {k: common[k] for k in ("seed", "device", "precision", "gradient_checkpointing") if k in common}
     return TrainConfig(**{**run, **shared})
+
+
+def seed_everything(seed: int) -> None:
+    """Seed before a model is built: fresh adapters and heads are drawn at construction, and the same
+    config must give the same weights."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def set_threads(threads: int | None) -> None:

@@ -1,8 +1,8 @@
 """Tokenisers for the Q-Former's text path.
 
 The paper's BLIP-2 reads text with BERT's uncased WordPiece tokenizer (a local folder holding
-``bert-base-uncased`` or the BLIP-2 checkpoint's tokenizer). The embedded default trains a small
-WordPiece vocabulary of the same kind on the workflow's own training texts, so nothing is downloaded.
+``bert-base-uncased`` or the BLIP-2 checkpoint's tokenizer). The embedded default builds a small
+uncased word-level vocabulary from the workflow's own training texts, so nothing is downloaded.
 Both give ``[CLS] text [SEP]`` with ``[PAD]`` padding: the Q-Former's text path reads position 0.
 """
 
@@ -18,17 +18,30 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
-    """A BERT-style uncased WordPiece tokenizer trained on ``texts`` (deterministic for the same texts)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def train_word_level(texts: Iterable[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
+    """A BERT-style uncased word-level tokenizer: the ``vocab_size`` most frequent words of ``texts``
+    (BERT's normaliser and pre-tokeniser; other words map to [UNK]).
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tokenizer.train_from_iterator(sorted(set(texts)), trainer=trainer)
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    Word-level rather than WordPiece because the ``tokenizers`` WordPiece trainer breaks ties in a
+    run-dependent order (measured: four runs on the same texts gave four vocabularies), and the
+    same config must give the same files. Ties here are broken alphabetically.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    words = sorted(counts, key=lambda w: (-counts[w], w))[: max(0, vocab_size - len(SPECIAL_TOKENS))]
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece()  # joins words with spaces, punctuation attached
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )

@@ -12,6 +12,7 @@ It owns what makes a run reproducible and resumable, and nothing model-specific:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -24,8 +25,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fashionblip2.distributed import init_from_env, world
 from fashionblip2.io import atomic_path
 
+log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
@@ -131,10 +134,17 @@ def train(
     from ``step``, so that a resumed run builds the same batches); its tensors are moved to the
     device. ``loss_fn(model, batch)`` returns a dict with a ``loss`` entry (and any parts to log).
     ``stop_after`` ends the call after that many steps in total, as a killed job would (used by tests).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the run is data-parallel: ``cfg.batch_size`` is the global
+    batch, each rank builds its slice of it, the model's losses gather embeddings across ranks (the
+    negatives are the global batch), and rank 0 writes checkpoints and metrics.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = init_from_env(resolve_device(cfg.device))
+    rank, world_size = world()
+    if cfg.batch_size % world_size:
+        raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes")
     model.to(device)
     if cfg.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
@@ -162,19 +172,26 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         step = state["step"]
-    _trim_metrics(out / METRICS, step)
+        log.info("resuming from %s at step %d of %d", out / CHECKPOINT, step, cfg.steps)
+    if rank == 0:
+        _trim_metrics(out / METRICS, step)
+    trained = model
+    if world_size > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     per_epoch = len(batch_order(n_examples, cfg.batch_size, cfg.seed, 0))
     if per_epoch == 0:
         raise TrainingError(f"{n_examples} examples make no full batch of {cfg.batch_size}")
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
-    with open(out / METRICS, "a", encoding="utf-8") as metrics:
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress or rank > 0)
+    with open(out / METRICS if rank == 0 else os.devnull, "a", encoding="utf-8") as metrics:
         while step < cfg.steps and (stop_after is None or step < stop_after):
             epoch, position = divmod(step, per_epoch)
             indices = batch_order(n_examples, cfg.batch_size, cfg.seed, epoch)[position]
-            batch = to_device(make_batch(indices.tolist(), step), device)
+            batch = to_device(make_batch(indices[rank::world_size].tolist(), step), device)
             with autocast:
-                parts = loss_fn(model, batch)
+                parts = loss_fn(trained, batch)
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in parts.items()}
@@ -199,7 +216,7 @@ def train(
             metrics.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and rank == 0:
                 with atomic_path(out / CHECKPOINT) as tmp:
                     torch.save(
                         {
@@ -213,6 +230,8 @@ def train(
                         tmp,
                     )
     bar.close()
+    if world_size > 1:
+        torch.distributed.barrier()  # the caller saves the model once every rank is done
     return {"step": step, "done": step >= cfg.steps}
 
 

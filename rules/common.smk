@@ -99,6 +99,13 @@ def rule_resources(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
+def launcher(rule_name):
+    """How a training script starts: plain python, or torchrun with one process per GPU when the
+    rule is given several (data-parallel; the contrastive negatives are gathered across GPUs)."""
+    gpus = rule_resources(rule_name, "gpu", 0)
+    return f"torchrun --standalone --nproc-per-node={gpus}" if gpus > 1 else "python"
+
+
 def tokenizer_dir():
     """The tokenizer folder: trained by the workflow, or the user's."""
     name = config["model"]["tokenizer"]

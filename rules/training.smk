@@ -40,6 +40,7 @@ rule pretrain:
         image_size=config["model"]["image_size"],
         max_text_length=config["model"]["max_text_length"],
         checkpoints=os.path.join(config["training"]["checkpoint_dir"], "backbone"),
+        launcher=launcher("pretrain"),
         data=data_kind(),
         run_name=config["run_name"],
     log:
@@ -53,7 +54,7 @@ rule pretrain:
         cpus_per_task=rule_resources("pretrain", "cpus_per_task", 1),
         gpu=rule_resources("pretrain", "gpu", 0),
     shell:
-        "python workflow_scripts/pretrain_backbone.py --manifest {input.manifest} --tokenizer {input.tokenizer}"
+        "{params.launcher} workflow_scripts/pretrain_backbone.py --manifest {input.manifest} --tokenizer {input.tokenizer}"
         " --image-size {params.image_size} --max-text-length {params.max_text_length} --run {params.run:q}"
         " --training {params.training:q} --checkpoints {params.checkpoints} --threads {threads}"
         " --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
@@ -73,6 +74,7 @@ rule train_stage1:
         run=json.dumps(config["training"]["stage1"], sort_keys=True),
         training=json.dumps(config["training"], sort_keys=True),
         checkpoints=checkpoint_dir("stage1"),
+        launcher=launcher("train_stage1"),
         data=data_kind(),
         run_name=config["run_name"],
     log:
@@ -86,7 +88,7 @@ rule train_stage1:
         cpus_per_task=rule_resources("train_stage1", "cpus_per_task", 1),
         gpu=rule_resources("train_stage1", "gpu", 0),
     shell:
-        "python workflow_scripts/train_model.py --stage 1 --variant {wildcards.variant} --spec {params.spec:q}"
+        "{params.launcher} workflow_scripts/train_model.py --stage 1 --variant {wildcards.variant} --spec {params.spec:q}"
         " --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
         " --manifest {input.manifest} --facap {input.facap} --run {params.run:q} --training {params.training:q}"
         " --checkpoints {params.checkpoints} --threads {threads} --data {params.data} --run-name {params.run_name}"
@@ -109,6 +111,7 @@ rule train_stage2:
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["evaluation"]["categories"]),
         checkpoints=checkpoint_dir("stage2"),
+        launcher=launcher("train_stage2"),
         data=data_kind(),
         run_name=config["run_name"],
     log:
@@ -122,7 +125,7 @@ rule train_stage2:
         cpus_per_task=rule_resources("train_stage2", "cpus_per_task", 1),
         gpu=rule_resources("train_stage2", "gpu", 0),
     shell:
-        "python workflow_scripts/train_model.py --stage 2 --variant {wildcards.variant} --spec {params.spec:q}"
+        "{params.launcher} workflow_scripts/train_model.py --stage 2 --variant {wildcards.variant} --spec {params.spec:q}"
         " --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
         " --manifest {input.manifest} --fashioniq-root {params.fashioniq_root} --categories {params.categories:q}"
         " --run {params.run:q} --training {params.training:q} --checkpoints {params.checkpoints}"

@@ -4,8 +4,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -85,12 +87,75 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
     cached = len(list((workflow_copy / "data/cache").rglob("*.json")))
     assert cached > 0
 
+    # Training and evaluation: every table and figure, our rows beside the paper's.
+    for n in (3, 4, 5):
+        for ext in ("md", "csv", "tex"):
+            assert (workflow_copy / f"results/tables/table{n}.{ext}").exists()
+        text = (workflow_copy / f"results/tables/table{n}.md").read_text()
+        assert "reported by the paper" in text and "this run (synthetic data)" in text and "commit:" in text
+    assert "chance (random ranking)" in (workflow_copy / "results/tables/table3.md").read_text()
+    for fig in ("figure5.png", "figure6.png"):
+        assert (workflow_copy / "results/figures" / fig).stat().st_size > 1000
+    fig5 = pd.read_csv(workflow_copy / "results/figures/figure5.csv")
+    assert fig5["fraction"].tolist() == [0.5, 1.0]
+    result = json.loads((workflow_copy / "results/eval/stage2/cir_mh/fashioniq.json").read_text())
+    assert set(result["categories"]) == {"dress", "shirt", "toptee"} and 0 <= result["summary"]["Avg"] <= 100
+    assert result["provenance"]["data"] == "synthetic" and result["stage"] == "stage2"
+    training = json.loads((workflow_copy / "models/stage1/cir_ctr_mh/training.json").read_text())
+    assert training["variant"]["losses"] == ["cir", "ctr"] and training["training"]["steps"] == 3
+    half = json.loads((workflow_copy / "models/stage1/cir_ctr_mh_facap50/training.json").read_text())
+    assert half["data"]["used"] == round(half["data"]["facap_triplets"] / 2)
+    assert not any((workflow_copy / "checkpoints").rglob("checkpoint.pt"))  # dropped once a run is complete
+
+    # `fashionblip2 search` on the demo outputs.
+    reference = images[(images.source == "fashioniq") & (images.split == "val")].path.iloc[0]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fashionblip2.cli",
+            "search",
+            "--model",
+            "models/stage2/cir_mh",
+            "--index",
+            "results/index/stage2/cir_mh",
+            "--image",
+            reference,
+            "--text",
+            "is red",
+            "--top-k",
+            "3",
+            "--sheet",
+            "s.png",
+        ],
+        cwd=workflow_copy,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 5 and (workflow_copy / "s.png").exists()
+
+    again = snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Each table regenerates alone, from the evaluations already there.
+    for ext in ("md", "csv", "tex"):
+        (workflow_copy / f"results/tables/table5.{ext}").unlink()
+    alone = snakemake(
+        workflow_copy, "--cores", "2", "results/tables/table5.md", "--configfile", "config/presets/test.yaml"
+    )
+    assert re.search(r"^table\s+1$", alone.stdout + alone.stderr, flags=re.M)
+    assert re.search(r"^total\s+1$", alone.stdout + alone.stderr, flags=re.M)
+    assert (workflow_copy / "results/tables/table5.tex").exists()
+
     # Forcing the annotation stages again makes no model call: every answer comes from the cache.
+    # (Last: the rewritten annotation files would make everything downstream stale.)
     snakemake(
         workflow_copy,
         "--cores",
         "2",
-        "all",
+        "data/annotation/captions_report.json",
+        "data/annotation/modifications_report.json",
         "--configfile",
         "config/presets/test.yaml",
         "--forcerun",
@@ -102,8 +167,45 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
         assert rep["answered_from_cache"] == rep["ok"] > 0
     assert len(list((workflow_copy / "data/cache").rglob("*.json"))) == cached
 
-    again = snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
-    assert "Nothing to be done" in again.stdout + again.stderr
+
+@pytest.mark.e2e
+def test_a_killed_training_job_resumes_from_its_checkpoint(workflow_copy):
+    """Kill Snakemake (and its job) in the middle of stage 1; the rerun resumes from the checkpoint and
+    ends with the same weights as a run that was never interrupted."""
+    (workflow_copy / "long.yaml").write_text(
+        "training:\n  stage1: {steps: 400, batch_size: 4, lr: 5.0e-4, warmup_steps: 1, checkpoint_every: 5}\n"
+    )
+    args = ["--cores", "2", "models/stage1/cir_mh", "--configfile", "config/presets/test.yaml", "long.yaml"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workflow_copy,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = workflow_copy / "checkpoints/stage1/cir_mh/metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 600
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 30):
+            assert proc.poll() is None, "snakemake ended before it could be killed"
+            assert time.monotonic() < deadline, "stage 1 never started"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (workflow_copy / "models/stage1/cir_mh/model.safetensors").exists()
+    snakemake(workflow_copy, "--unlock", *args[2:])
+    snakemake(workflow_copy, *args, "--rerun-incomplete")
+    log = (workflow_copy / "logs/training/stage1_cir_mh.log").read_text()
+    assert re.search(r"resuming from \S+checkpoint.pt at step [1-9]\d* of 400", log)
+    steps = [json.loads(line)["step"] for line in (workflow_copy / "models/stage1/cir_mh/metrics.jsonl").open()]
+    assert steps == list(range(1, 401))
+    resumed = (workflow_copy / "models/stage1/cir_mh/model.safetensors").read_bytes()
+    snakemake(workflow_copy, *args, "--forcerun", "train_stage1")
+    assert "resuming" not in (workflow_copy / "logs/training/stage1_cir_mh.log").read_text()
+    assert (workflow_copy / "models/stage1/cir_mh/model.safetensors").read_bytes() == resumed
 
 
 def test_lint_is_clean(workflow_copy):

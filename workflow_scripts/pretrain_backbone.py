@@ -22,7 +22,14 @@ import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.data import ImageStore, manifest_paths, pretraining_pairs  # noqa: E402
-from fashionblip2.experiments import run_info, save_run, set_threads, train_backbone, train_config  # noqa: E402
+from fashionblip2.experiments import (  # noqa: E402
+    run_info,
+    save_run,
+    seed_everything,
+    set_threads,
+    train_backbone,
+    train_config,
+)
 from fashionblip2.model.configuration import tiny_blip2_config  # noqa: E402
 from fashionblip2.model.pretraining import Blip2ImageTextContrastive  # noqa: E402
 from fashionblip2.provenance import provenance  # noqa: E402
@@ -53,6 +60,7 @@ def main() -> None:
     if len(keys) < cfg.batch_size:
         raise SystemExit(f"{args.manifest}: {len(keys)} images with a product text, fewer than a batch")
     tokenizer = load_tokenizer(args.tokenizer)
+    seed_everything(cfg.seed)
     model = Blip2ImageTextContrastive(tiny_blip2_config(vocab_size=len(tokenizer), image_size=args.image_size))
     log.info("pretraining on %d image-text pairs for %d steps", len(keys), cfg.steps)
     train_backbone(

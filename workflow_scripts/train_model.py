@@ -31,6 +31,7 @@ from fashionblip2.experiments import (  # noqa: E402
     build_model,
     run_info,
     save_run,
+    seed_everything,
     set_threads,
     train_cir,
     train_config,
@@ -67,7 +68,8 @@ def main() -> None:
     setup_logging()
     set_threads(args.threads)
     variant = Variant(**json.loads(args.spec))
-    cfg = train_config(json.loads(args.run), json.loads(args.training))
+    training = json.loads(args.training)
+    cfg = train_config(json.loads(args.run), training)
     manifest = pd.read_parquet(args.manifest)
     report = InputReport()
     if args.stage == 1:
@@ -92,6 +94,7 @@ def main() -> None:
     if len(data) < cfg.batch_size:
         raise SystemExit(f"{len(data)} usable triplets, fewer than one batch of {cfg.batch_size}")
     tokenizer = load_tokenizer(args.tokenizer)
+    seed_everything(cfg.seed)
     model = build_model(args.start, variant, ModelSettings(**json.loads(args.model_settings)), args.stage)
     log.info(
         "stage %d, variant %s: %d triplets, %d steps; parameters %s",
@@ -104,7 +107,15 @@ def main() -> None:
     store = ImageStore(manifest_paths(manifest), model.config.blip2_config().vision_config.image_size)
     with_captions = args.stage == 1 and "ctr" in variant.losses
     train_cir(
-        model, data, store, tokenizer, cfg, args.checkpoints, with_captions=with_captions, randomise=args.stage == 2
+        model,
+        data,
+        store,
+        tokenizer,
+        cfg,
+        args.checkpoints,
+        with_captions=with_captions,
+        randomise=args.stage == 2,
+        cache_features=training.get("cache_image_features", True),
     )
     info = run_info(
         f"stage{args.stage}",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the embedded default's WordPiece tokenizer on the training texts: product texts of the
+"""Build the embedded default's word-level tokenizer on the training texts: product texts of the
 general images, FACap's modification texts and captions, and FashionIQ's training captions
 (never its validation captions). Saved in Hugging Face format.
 
@@ -21,7 +21,7 @@ from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.data import pretraining_pairs, read_facap  # noqa: E402
 from fashionblip2.io import atomic_directory  # noqa: E402
 from fashionblip2.report import InputReport  # noqa: E402
-from fashionblip2.text import train_wordpiece  # noqa: E402
+from fashionblip2.text import train_word_level  # noqa: E402
 
 log = logging.getLogger("train_tokenizer")
 
@@ -42,7 +42,7 @@ def main() -> None:
     fiq = pd.read_parquet(args.fashioniq_triplets)
     fiq_texts = [c for captions in fiq.loc[fiq["split"] == "train", "captions"] for c in captions]
     corpus = product_texts + [t[0] for t in facap.texts] + list(facap.target_caption) + fiq_texts
-    tokenizer = train_wordpiece(corpus, args.vocab_size, args.max_length)
+    tokenizer = train_word_level(corpus, args.vocab_size, args.max_length)
     with atomic_directory(args.out) as tmp:
         tokenizer.save_pretrained(tmp)
     log.info("tokenizer: %d tokens from %d texts -> %s", len(tokenizer), len(corpus), args.out)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Blip2ForImageTextRetrieval, PreTrainedModel
 
+from fashionblip2.distributed import gather_with_grad
 from fashionblip2.model.configuration import FashionBLIP2Config
 
 # BLIP-2 retrieval heads that FashionBLIP-2 does not use (it has its own matching heads).
@@ -207,11 +208,13 @@ class FashionBLIP2(PreTrainedModel):
     ) -> dict[str, torch.Tensor]:
         """L_CIR (query vs target image) and, with a caption, L_CTR (query vs target caption).
         ``*_embeds``: image-encoder outputs computed beforehand (frozen encoder), instead of pixels."""
-        query = self.query_embedding(reference_pixels, input_ids, attention_mask, reference_embeds)
-        target = self.gallery_embedding(target_pixels, target_embeds)
+        # Under data parallelism the negatives are the whole global batch (see fashionblip2.distributed).
+        query = gather_with_grad(self.query_embedding(reference_pixels, input_ids, attention_mask, reference_embeds))
+        target = gather_with_grad(self.gallery_embedding(target_pixels, target_embeds))
         losses = {"cir": info_nce(query, target, self.temperature)}
         if caption_ids is not None:
-            losses["ctr"] = info_nce(query, self.caption_embedding(caption_ids, caption_mask), self.temperature)
+            caption = gather_with_grad(self.caption_embedding(caption_ids, caption_mask))
+            losses["ctr"] = info_nce(query, caption, self.temperature)
         losses["loss"] = sum(losses.values())
         return losses
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Blip2Config, Blip2ForImageTextRetrieval
 
+from fashionblip2.distributed import gather_with_grad
 from fashionblip2.model.modeling import _random_backbone, qformer_text_cls
 
 
@@ -61,7 +62,8 @@ class Blip2ImageTextContrastive(nn.Module):
         return torch.einsum("iqe,te->itq", image, text).amax(dim=-1)
 
     def forward(self, pixel_values, input_ids, attention_mask) -> dict[str, torch.Tensor]:
-        sim = self.similarity(self.image_embeddings(pixel_values), self.text_embeddings(input_ids, attention_mask))
+        image = gather_with_grad(self.image_embeddings(pixel_values))
+        sim = self.similarity(image, gather_with_grad(self.text_embeddings(input_ids, attention_mask)))
         logits = sim / self.temperature
         labels = torch.arange(len(logits), device=logits.device)
         i2t, t2i = F.cross_entropy(logits, labels), F.cross_entropy(logits.T, labels)

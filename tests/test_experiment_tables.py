@@ -1,0 +1,62 @@
+"""Tables 3-5 from evaluation files: our rows beside the paper's, never mixed."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from fashionblip2 import experiment_tables as et
+from fashionblip2.tables import write_table
+
+
+def write_eval(root, stage, variant, dataset, base):
+    cats = {
+        c: {"R@10": base + i, "R@50": base + 10 + i, "gallery": 80, "chance R@10": 12.5, "chance R@50": 62.5}
+        for i, c in enumerate(("dress", "shirt", "toptee"))
+    }
+    summary = {"mean R@10": base + 1, "mean R@50": base + 11, "Avg": base + 6}
+    chance = {"mean R@10": 12.5, "mean R@50": 62.5, "Avg": 37.5}
+    path = root / stage / variant / f"{dataset}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"categories": cats, "summary": summary, "chance": chance}))
+
+
+@pytest.fixture
+def evals(tmp_path):
+    for n, v in enumerate(["a", "b", "c"]):
+        for stage in ("stage1", "stage2"):
+            for d, shift in (("fashioniq", 0), ("enhfashioniq", 5)):
+                write_eval(tmp_path, stage, v, d, 10 * n + (20 if stage == "stage2" else 0) + shift)
+    return tmp_path
+
+
+def test_table3_puts_our_rows_chance_and_reported_rows_apart(evals, tmp_path):
+    frame = et.table3(evals, {"without_finetuning": "a", "with_finetuning": "b"}, "this run (synthetic data)")
+    ours = frame[frame["Rows from"] == "this run (synthetic data)"]
+    assert list(ours["Model"]) == ["chance (random ranking)", "FashionBLIP-2 (a)", "FashionBLIP-2 (b)"]
+    assert ours.iloc[1]["Shirts R@50"] == 11 and ours.iloc[2]["Avg"] == 10 + 20 + 6
+    assert ours.iloc[0]["Avg"] == 37.5
+    reported = frame[frame["Rows from"] == et.REPORTED]
+    assert len(reported) == len(et.TABLE3_REPORTED)
+    assert reported[reported["Model"] == "FashionBLIP-2"]["Avg"].tolist() == [44.6, 65.9]
+    write_table(frame, tmp_path / "t3", "Table 3", ["note"], tex=True)
+    assert "reported by the paper" in (tmp_path / "t3.md").read_text()
+    assert "\\begin{tabular}" in (tmp_path / "t3.tex").read_text()
+    assert len(pd.read_csv(tmp_path / "t3.csv")) == len(frame)
+
+
+def test_table4_and_table5_read_stage_and_dataset(evals):
+    t4 = et.table4(evals, [{"model": "M", "without_facap": "a", "with_facap": "b"}], "ours")
+    assert t4.iloc[0][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["no", 26, 31]
+    assert t4.iloc[1][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["yes", 36, 41]
+    variants = {"a": {"losses": ["cir"], "adapters": False, "matching": "global"}, "c": {}}
+    t5 = et.table5(evals, ["a", "c"], variants, "ours")
+    assert t5.iloc[0][["Training tasks", "Adapter", "Matching"]].tolist() == ["CIR", "no", "Global"]
+    assert t5.iloc[1][["Training tasks", "Adapter", "Matching"]].tolist() == ["CIR+CTR", "yes", "MH"]
+    assert t5.iloc[1][["no fine-tuning FIQ", "w/ fine-tuning enhFIQ"]].tolist() == [26, 51]
+    assert (t5["Rows from"] == et.REPORTED).sum() == 4
+
+
+def test_a_missing_evaluation_is_named(evals):
+    with pytest.raises(et.MissingEvaluation, match="nope"):
+        et.table3(evals, {"without_finetuning": "nope", "with_finetuning": "b"}, "ours")
