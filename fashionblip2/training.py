@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from fashionblip2.distributed import init_from_env, world
+from fashionblip2.grad_cache import grad_cache_step
 from fashionblip2.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast; on GPU)
     gradient_checkpointing: bool = False
+    micro_batch_size: int = 0  # 0: the whole batch at once; else a gradient cache over micro-batches
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "onecycle"):
@@ -145,6 +147,8 @@ def train(
     rank, world_size = world()
     if cfg.batch_size % world_size:
         raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes")
+    if cfg.micro_batch_size and world_size > 1:
+        raise TrainingError("micro_batch_size (gradient cache) is not supported with several processes yet")
     model.to(device)
     if cfg.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
@@ -190,8 +194,13 @@ def train(
             epoch, position = divmod(step, per_epoch)
             indices = batch_order(n_examples, cfg.batch_size, cfg.seed, epoch)[position]
             batch = to_device(make_batch(indices[rank::world_size].tolist(), step), device)
-            with autocast:
-                parts = loss_fn(trained, batch)
+            optimizer.zero_grad(set_to_none=True)
+            cached = 0 < cfg.micro_batch_size < cfg.batch_size // world_size
+            if cached:
+                parts = grad_cache_step(model, batch, cfg.micro_batch_size, autocast)  # back-propagates
+            else:
+                with autocast:
+                    parts = loss_fn(trained, batch)
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in parts.items()}
@@ -199,8 +208,8 @@ def train(
                     f"non-finite loss at step {step} (epoch {epoch}): {values}; the last good "
                     f"checkpoint is {out / CHECKPOINT}. Lower the learning rate or check the data."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if not cached:
+                loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()

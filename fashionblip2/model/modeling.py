@@ -63,6 +63,7 @@ class AdaptedLayer(nn.Module):
 
 class FashionBLIP2(PreTrainedModel):
     config_class = FashionBLIP2Config
+    supports_gradient_checkpointing = True
     base_model_prefix = "fashionblip2"
     main_input_name = "pixel_values"
 
@@ -104,7 +105,10 @@ class FashionBLIP2(PreTrainedModel):
     def init_weights(self) -> None:
         # Every module is initialised by its constructor (BLIP-2's own init, zero-init adapters) or
         # loaded from a checkpoint; transformers' generic pass would draw them again.
-        self.tie_weights(recompute_mapping=False)
+        try:
+            self.tie_weights(recompute_mapping=False)
+        except TypeError:  # transformers releases before the recompute_mapping argument
+            self.tie_weights()
 
     def _init_weights(self, module: nn.Module) -> None:
         return None
@@ -195,28 +199,60 @@ class FashionBLIP2(PreTrainedModel):
 
     # --- training ----------------------------------------------------------------------------------
 
-    def forward(
+    def contrastive_embeddings(
         self,
-        reference_pixels,
-        input_ids,
-        attention_mask,
-        target_pixels,
+        reference_pixels=None,
+        input_ids=None,
+        attention_mask=None,
+        target_pixels=None,
         caption_ids=None,
         caption_mask=None,
         reference_embeds=None,
         target_embeds=None,
     ) -> dict[str, torch.Tensor]:
-        """L_CIR (query vs target image) and, with a caption, L_CTR (query vs target caption).
-        ``*_embeds``: image-encoder outputs computed beforehand (frozen encoder), instead of pixels."""
-        # Under data parallelism the negatives are the whole global batch (see fashionblip2.distributed).
-        query = gather_with_grad(self.query_embedding(reference_pixels, input_ids, attention_mask, reference_embeds))
-        target = gather_with_grad(self.gallery_embedding(target_pixels, target_embeds))
-        losses = {"cir": info_nce(query, target, self.temperature)}
+        """The exported query, target (and caption) embeddings of a batch: what the losses compare."""
+        out = {
+            "query": self.query_embedding(reference_pixels, input_ids, attention_mask, reference_embeds),
+            "target": self.gallery_embedding(target_pixels, target_embeds),
+        }
         if caption_ids is not None:
-            caption = gather_with_grad(self.caption_embedding(caption_ids, caption_mask))
-            losses["ctr"] = info_nce(query, caption, self.temperature)
+            out["caption"] = self.caption_embedding(caption_ids, caption_mask)
+        return out
+
+    def contrastive_losses(self, embeddings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """L_CIR (query vs target image) and, with captions, L_CTR (query vs target caption).
+        Under data parallelism the negatives are the whole global batch (see fashionblip2.distributed)."""
+        query = gather_with_grad(embeddings["query"])
+        losses = {"cir": info_nce(query, gather_with_grad(embeddings["target"]), self.temperature)}
+        if "caption" in embeddings:
+            losses["ctr"] = info_nce(query, gather_with_grad(embeddings["caption"]), self.temperature)
         losses["loss"] = sum(losses.values())
         return losses
+
+    def forward(
+        self,
+        reference_pixels=None,
+        input_ids=None,
+        attention_mask=None,
+        target_pixels=None,
+        caption_ids=None,
+        caption_mask=None,
+        reference_embeds=None,
+        target_embeds=None,
+    ) -> dict[str, torch.Tensor]:
+        """The training losses of a batch. ``*_embeds``: image-encoder outputs computed beforehand
+        (frozen encoder), instead of pixels."""
+        embeddings = self.contrastive_embeddings(
+            reference_pixels,
+            input_ids,
+            attention_mask,
+            target_pixels,
+            caption_ids,
+            caption_mask,
+            reference_embeds,
+            target_embeds,
+        )
+        return self.contrastive_losses(embeddings)
 
     def set_stage(self, stage: int) -> None:
         """Stage 1 (FACap): everything trains but the image encoder's own weights (adapters train).

@@ -61,13 +61,18 @@ class Blip2ImageTextContrastive(nn.Module):
         """(B_image, B_text): the best query's cosine, as BLIP-2's ITC."""
         return torch.einsum("iqe,te->itq", image, text).amax(dim=-1)
 
-    def forward(self, pixel_values, input_ids, attention_mask) -> dict[str, torch.Tensor]:
-        image = gather_with_grad(self.image_embeddings(pixel_values))
-        sim = self.similarity(image, gather_with_grad(self.text_embeddings(input_ids, attention_mask)))
+    def contrastive_embeddings(self, pixel_values, input_ids, attention_mask) -> dict[str, torch.Tensor]:
+        return {"image": self.image_embeddings(pixel_values), "text": self.text_embeddings(input_ids, attention_mask)}
+
+    def contrastive_losses(self, embeddings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        sim = self.similarity(gather_with_grad(embeddings["image"]), gather_with_grad(embeddings["text"]))
         logits = sim / self.temperature
         labels = torch.arange(len(logits), device=logits.device)
         i2t, t2i = F.cross_entropy(logits, labels), F.cross_entropy(logits.T, labels)
         return {"loss": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i}
+
+    def forward(self, pixel_values, input_ids, attention_mask) -> dict[str, torch.Tensor]:
+        return self.contrastive_losses(self.contrastive_embeddings(pixel_values, input_ids, attention_mask))
 
     def save_pretrained(self, path, **kwargs) -> None:
         self.backbone.save_pretrained(path, **kwargs)
