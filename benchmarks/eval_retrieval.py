@@ -14,7 +14,6 @@ ranking for those queries (checked).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _report import report  # noqa: E402
 
 from fashionblip2.evaluation import retrieve  # noqa: E402
 from fashionblip2.model import FashionBLIP2, FashionBLIP2Config  # noqa: E402
@@ -101,14 +101,10 @@ def main() -> None:
             "pairwise through the model",
             f"{baseline:.0f} s (estimated from {args.baseline_queries} queries, {per_query:.2f} s each)",
         ),
-        ("speed-up", f"{baseline / ours:.0f}x"),
+        ("speed-up", f"{baseline / ours:.1f}x"),
         ("same top-10 (timed queries)", str(all(checked))),
     ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report(rows, result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ are overhead, as MFU is usually defined.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from _report import report  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from fashionblip2.grad_cache import grad_cache_step  # noqa: E402
@@ -185,11 +185,7 @@ def main() -> None:
         ("measured matmul rate", f"{rate / 1e12:.1f} TFLOP/s ({'bf16' if gpu else 'fp32'})"),
         ("MFU", f"{100 * result['mfu']:.1f} %"),
     ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report(rows, result, args.out)
 
 
 if __name__ == "__main__":

@@ -48,3 +48,15 @@ def selected_images(args: argparse.Namespace):
     return select_for_pairing(
         pd.read_parquet(args.manifest), json.loads(args.sources), json.loads(args.fashioniq_splits)
     )
+
+
+def add_training_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every training script takes: the run's settings, where its checkpoint goes, the threads
+    it may use, provenance, and the output folder."""
+    parser.add_argument("--run", default="{}", help="JSON: steps, batch_size, lr, warmup_steps, micro_batch_size, ...")
+    parser.add_argument("--training", default="{}", help="JSON: seed, device, precision, gradient_checkpointing")
+    parser.add_argument("--checkpoints", required=True, help="checkpoint folder (kept until the run is complete)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (the rule's threads)")
+    parser.add_argument("--data", default="synthetic", help="synthetic or real: recorded in training.json")
+    parser.add_argument("--run-name", default="manual", help="the config's run_name: recorded in training.json")
+    parser.add_argument("--out", required=True, help="the run folder to write (model, tokenizer, metrics)")

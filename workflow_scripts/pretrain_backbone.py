@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_training_run_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.data import ImageStore, manifest_paths, pretraining_pairs  # noqa: E402
 from fashionblip2.experiments import (  # noqa: E402
     run_info,
@@ -44,13 +44,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, help="a tokenizer folder")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--max-text-length", type=int, default=64)
-    parser.add_argument("--run", default="{}", help="JSON: steps, batch_size, lr, warmup_steps, ...")
-    parser.add_argument("--training", default="{}", help="JSON: seed, device, precision, gradient_checkpointing")
-    parser.add_argument("--checkpoints", required=True, help="checkpoint folder (kept until the run is complete)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--run-name", default="manual")
-    parser.add_argument("--out", required=True)
+    add_training_run_arguments(parser)
     args = parser.parse_args()
     setup_logging()
     set_threads(args.threads)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_training_run_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.data import ImageStore, manifest_paths, read_facap, read_fashioniq_split  # noqa: E402
 from fashionblip2.experiments import (  # noqa: E402
     ModelSettings,
@@ -57,13 +57,7 @@ def main() -> None:
     parser.add_argument("--facap", help="stage 1: the FACap folder")
     parser.add_argument("--fashioniq-root", help="stage 2: the FashionIQ folder (train captions)")
     parser.add_argument("--categories", default='["dress", "shirt", "toptee"]')
-    parser.add_argument("--run", default="{}", help="JSON: steps, batch_size, lr, warmup_steps, ...")
-    parser.add_argument("--training", default="{}", help="JSON: seed, device, precision, gradient_checkpointing")
-    parser.add_argument("--checkpoints", required=True, help="checkpoint folder (kept until the run is complete)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--run-name", default="manual")
-    parser.add_argument("--out", required=True)
+    add_training_run_arguments(parser)
     args = parser.parse_args()
     setup_logging()
     set_threads(args.threads)
