@@ -152,9 +152,10 @@ rule table1:
         facap=FACAP,
         fashioniq=fashioniq_input(),
     output:
-        multiext("results/tables/table1", ".md", ".csv"),
+        md=report(TABLE1, caption="../report/table1.rst", category="Tables"),
+        csv=TABLE1.replace(".md", ".csv"),
     params:
-        stem=subpath(output[0], strip_suffix=".md"),
+        stem=subpath(output.md, strip_suffix=".md"),
         fashioniq_root=fashioniq_root(),
         data=data_kind(),
         run_name=config["run_name"],

@@ -6,7 +6,7 @@ rule table:
     input:
         lambda wc: table_inputs(int(wc.number)),
     output:
-        md="results/tables/table{number}.md",
+        md=report("results/tables/table{number}.md", caption="../report/table.rst", category="Tables"),
         csv="results/tables/table{number}.csv",
         tex="results/tables/table{number}.tex",
     wildcard_constraints:
@@ -14,7 +14,7 @@ rule table:
     params:
         spec=lambda wc: json.dumps(config["experiments"][f"table{wc.number}"]),
         variants=json.dumps(variants(), sort_keys=True),
-        stem="results/tables/table{number}",
+        stem=subpath(output.md, strip_suffix=".md"),
         data=data_kind(),
         run_name=config["run_name"],
     log:
@@ -34,7 +34,7 @@ rule figure5:
     input:
         evaluations("stage1", [name for _, name in figure5_variants()]),
     output:
-        png=FIGURE5,
+        png=report(FIGURE5, caption="../report/figure5.rst", category="Figures"),
         csv=FIGURE5.replace(".png", ".csv"),
     params:
         spec=json.dumps({"variants": figure5_variants()}),
@@ -62,7 +62,7 @@ rule figure6:
         ),
         manifest=MANIFEST,
     output:
-        FIGURE6,
+        report(FIGURE6, caption="../report/figure6.rst", category="Figures"),
     params:
         spec=json.dumps(config["experiments"]["figure6"]),
         data=data_kind(),

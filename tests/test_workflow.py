@@ -16,7 +16,7 @@ import yaml
 from snakemake.utils import validate
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "config", "rules", "envs", "workflow_scripts", "prompts"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "config", "rules", "envs", "workflow_scripts", "prompts", "report"]
 # Rules allowed to read the synthetic world's ground truth (evaluation only).
 GROUND_TRUTH_READERS: set[str] = set()
 
@@ -137,6 +137,12 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
 
     again = snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # The report: every table and figure as a report item, with its caption.
+    snakemake(workflow_copy, "--report", "report.html", "--configfile", "config/presets/test.yaml")
+    html = (workflow_copy / "report.html").read_text()
+    for item in ("table1.md", "table3.md", "table4.md", "table5.md", "figure5.png", "figure6.png", "Figure 5: recall"):
+        assert item in html, item
 
     # Each table regenerates alone, from the evaluations already there.
     for ext in ("md", "csv", "tex"):
