@@ -15,9 +15,8 @@ from fashionblip2.cli_utils import setup_logging
 def search(args: argparse.Namespace) -> int:
     import torch
 
-    from fashionblip2.data import normalise, target_pad
+    from fashionblip2.data import ImageStore
     from fashionblip2.figures import SheetRow, contact_sheet
-    from fashionblip2.images import load_rgb
     from fashionblip2.model import FashionBLIP2
     from fashionblip2.retrieval import load_index
     from fashionblip2.text import load_tokenizer, tokenize
@@ -33,12 +32,10 @@ def search(args: argparse.Namespace) -> int:
         )
     tokenizer = load_tokenizer(args.model)
     size = model.config.blip2_config().vision_config.image_size
-    import numpy as np
-
-    pixels = torch.from_numpy(np.asarray(target_pad(load_rgb(args.image), size)).copy()).permute(2, 0, 1)
+    pixels = ImageStore({"reference": args.image}, size, cache=False).pixels(["reference"])
     ids_t, mask = tokenize(tokenizer, [args.text], model.config.max_text_length)
     with torch.no_grad():
-        query = model.query_embedding(normalise(pixels[None]).to(device), ids_t.to(device), mask.to(device))
+        query = model.query_embedding(pixels.to(device), ids_t.to(device), mask.to(device))
     scores, top = index.search(query.float().cpu().numpy(), min(args.top_k, index.ntotal))
     print(f"{'rank':>4}  {'score':>8}  image_id")
     for rank, (i, s) in enumerate(zip(top[0], scores[0], strict=True), 1):

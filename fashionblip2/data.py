@@ -25,6 +25,7 @@ from PIL import Image
 from fashionblip2.evaluation import join_captions, random_caption
 from fashionblip2.images import load_rgb
 from fashionblip2.report import InputReport
+from fashionblip2.sources.fashioniq import image_key as fashioniq_key
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -72,14 +73,6 @@ class ImageStore:
         image = target_pad(load_rgb(self.paths[key]), self.image_size)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
-    def uint8(self, key: str) -> torch.Tensor:
-        if key in self._pixels:
-            return self._pixels[key]
-        pixels = self._load(key)
-        if self.cache:
-            self._pixels[key] = pixels
-        return pixels
-
     def pixels(self, keys: Sequence[str]) -> torch.Tensor:
         todo = [k for k in dict.fromkeys(keys) if k not in self._pixels]
         loaded: dict[str, torch.Tensor] = {}
@@ -103,10 +96,6 @@ def native_index(manifest: pd.DataFrame) -> dict[str, str]:
     """Native id (as FACap names images) -> manifest id, for the non-FashionIQ sources."""
     rows = manifest[manifest["source"] != "fashioniq"]
     return {i.split(":", 1)[1]: i for i in rows["image_id"]}
-
-
-def fashioniq_key(category: str, asin: str) -> str:
-    return f"fashioniq:{category}:{asin}"
 
 
 @dataclass

@@ -182,3 +182,24 @@ def chance_note(eval_root: str | os.PathLike[str], stage: str, variant: str) -> 
         galleries = ", ".join(f"{c} {v['gallery']}" for c, v in r["categories"].items())
         parts.append(f"{dataset}: Avg {r['chance']['Avg']:.2f} (gallery sizes {galleries})")
     return "Chance level (random ranking) of our galleries: " + "; ".join(parts) + "."
+
+
+def fraction_series(
+    eval_root: str | os.PathLike[str], names: list[tuple[float, str]]
+) -> tuple[dict[str, dict[str, list[float]]], pd.DataFrame]:
+    """Figure 5's data: per evaluation set, mean R@10, mean R@50, Avg and the chance Avg of each
+    (fraction, variant) trained on FACap only; also as one table row per fraction."""
+    series: dict[str, dict[str, list[float]]] = {}
+    for dataset, title in (("fashioniq", "FashionIQ val"), ("enhfashioniq", "enhFashionIQ")):
+        evals = [load_eval(eval_root, "stage1", v, dataset) for _, v in names]
+        series[title] = {
+            "mean R@10": [e["summary"]["mean R@10"] for e in evals],
+            "mean R@50": [e["summary"]["mean R@50"] for e in evals],
+            "Avg": [e["summary"]["Avg"] for e in evals],
+            "chance Avg": [e["chance"]["Avg"] for e in evals],
+        }
+    rows = [
+        {"fraction": f, "variant": v, **{f"{d} {m}": series[d][m][i] for d in series for m in series[d]}}
+        for i, (f, v) in enumerate(names)
+    ]
+    return series, pd.DataFrame(rows)

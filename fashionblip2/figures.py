@@ -40,6 +40,28 @@ def _thumb(path: str) -> Image.Image:
     return canvas
 
 
+def qualitative_row(rankings, dataset: str, which: str, paths: dict[str, str], k: int) -> SheetRow | None:
+    """Figure 6's row for one evaluation set: its best-ranked query (``which="best"``) or its worst
+    (a failure case), ties broken by reference id; the target framed, and shown after the top-k
+    with its rank when it is not among them."""
+    if rankings.empty:
+        return None
+    ordered = rankings.sort_values(["target_rank", "reference"], ascending=[which == "best", True], kind="stable")
+    r = ordered.iloc[0]
+    top = list(r["top"])[:k]
+    labels = [f"#{i}" for i in range(1, len(top) + 1)]
+    if r["target"] not in top:
+        top, labels = top + [r["target"]], labels + [f"target (#{int(r['target_rank'])})"]
+    return SheetRow(
+        paths[r["reference"]],
+        f"[{dataset}] {r['text']}",
+        [paths[t] for t in top],
+        labels,
+        [t == r["target"] for t in top],
+        f"target rank: {int(r['target_rank'])}",
+    )
+
+
 def contact_sheet(rows: Sequence[SheetRow], out: str | os.PathLike[str], title: str = "") -> None:
     """Reference | text | top-k (labels under each, green frame where ``framed``) | note; PNG, atomically."""
     font = ImageFont.load_default(size=13)

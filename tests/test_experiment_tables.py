@@ -60,3 +60,23 @@ def test_table4_and_table5_read_stage_and_dataset(evals):
 def test_a_missing_evaluation_is_named(evals):
     with pytest.raises(et.MissingEvaluation, match="nope"):
         et.table3(evals, {"without_finetuning": "nope", "with_finetuning": "b"}, "ours")
+
+
+def test_figure6_rows_pick_the_best_and_the_worst_query_and_show_a_missed_target():
+    from fashionblip2.figures import qualitative_row
+
+    ranks = pd.DataFrame(
+        {
+            "reference": ["r1", "r2"],
+            "target": ["t1", "t2"],
+            "text": ["is red", "is blue"],
+            "top": [["t1", "x"], ["x", "y"]],
+            "target_rank": [1, 40],
+        }
+    )
+    paths = {k: f"{k}.png" for k in ("r1", "r2", "t1", "t2", "x", "y")}
+    best = qualitative_row(ranks, "fashioniq", "best", paths, k=2)
+    assert best.reference == "r1.png" and best.framed == [True, False] and best.note == "target rank: 1"
+    worst = qualitative_row(ranks, "fashioniq", "worst", paths, k=2)
+    assert worst.retrieved == ["x.png", "y.png", "t2.png"] and worst.labels[-1] == "target (#40)"
+    assert qualitative_row(ranks.iloc[:0], "fashioniq", "best", paths, k=2) is None

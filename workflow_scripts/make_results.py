@@ -26,7 +26,8 @@ import pandas as pd  # noqa: E402
 
 from fashionblip2 import experiment_tables as et  # noqa: E402
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.figures import SheetRow, contact_sheet, recall_curve  # noqa: E402
+from fashionblip2.data import manifest_paths  # noqa: E402
+from fashionblip2.figures import contact_sheet, qualitative_row, recall_curve  # noqa: E402
 from fashionblip2.io import write_text_atomic  # noqa: E402
 from fashionblip2.provenance import provenance  # noqa: E402
 from fashionblip2.tables import write_table  # noqa: E402
@@ -102,21 +103,8 @@ def main() -> None:
     elif args.what == "figure5":
         names = spec["variants"]  # [(fraction, variant)], from the workflow
         fractions = [f for f, _ in names]
-        series = {}
-        for dataset, title in (("fashioniq", "FashionIQ val"), ("enhfashioniq", "enhFashionIQ")):
-            evals = [et.load_eval(args.eval_root, "stage1", v, dataset) for _, v in names]
-            results = [e["summary"] for e in evals]
-            series[title] = {
-                "mean R@10": [r["mean R@10"] for r in results],
-                "mean R@50": [r["mean R@50"] for r in results],
-                "Avg": [r["Avg"] for r in results],
-                "chance Avg": [e["chance"]["Avg"] for e in evals],
-            }
-        rows = [
-            {"fraction": f, "variant": v, **{f"{d} {m}": series[d][m][i] for d in series for m in series[d]}}
-            for i, (f, v) in enumerate(names)
-        ]
-        write_text_atomic(Path(args.out).with_suffix(".csv"), pd.DataFrame(rows).to_csv(index=False))
+        series, frame = et.fraction_series(args.eval_root, names)
+        write_text_atomic(Path(args.out).with_suffix(".csv"), frame.to_csv(index=False))
         recall_curve(
             fractions,
             series,
@@ -125,33 +113,15 @@ def main() -> None:
             footer(args),
         )
     else:
-        manifest = pd.read_parquet(args.manifest)
-        paths = dict(zip(manifest["image_id"], manifest["path"], strict=True))
-        k = int(spec.get("top_k", 5))
+        paths = manifest_paths(pd.read_parquet(args.manifest))
         rows = []
-        picks = (("fashioniq", "best"), ("enhfashioniq", "best"), ("fashioniq", "worst"))
-        for dataset, which in picks:
+        for dataset, which in (("fashioniq", "best"), ("enhfashioniq", "best"), ("fashioniq", "worst")):
             ranks = pd.read_parquet(
                 Path(args.eval_root) / spec["stage"] / spec["variant"] / f"{dataset}_rankings.parquet"
             )
-            if ranks.empty:
-                continue
-            ranks = ranks.sort_values(["target_rank", "reference"], ascending=[which == "best", True], kind="stable")
-            r = ranks.iloc[0]
-            top = list(r["top"])[:k]
-            labels = [f"#{i}" for i in range(1, len(top) + 1)]
-            if r["target"] not in top:  # a failure: show the target after the top-k, with its rank
-                top, labels = top + [r["target"]], labels + [f"target (#{int(r['target_rank'])})"]
-            rows.append(
-                SheetRow(
-                    paths[r["reference"]],
-                    f"[{dataset}] {r['text']}",
-                    [paths[t] for t in top],
-                    labels,
-                    [t == r["target"] for t in top],
-                    f"target rank: {int(r['target_rank'])}",
-                )
-            )
+            row = qualitative_row(ranks, dataset, which, paths, int(spec.get("top_k", 5)))
+            if row is not None:
+                rows.append(row)
         contact_sheet(rows, args.out, title=f"Figure 6: {spec['variant']} ({spec['stage']}). {footer(args)}")
     log.info("wrote %s", args.out)
 

@@ -229,30 +229,10 @@ class FashionBLIP2(PreTrainedModel):
         losses["loss"] = sum(losses.values())
         return losses
 
-    def forward(
-        self,
-        reference_pixels=None,
-        input_ids=None,
-        attention_mask=None,
-        target_pixels=None,
-        caption_ids=None,
-        caption_mask=None,
-        reference_embeds=None,
-        target_embeds=None,
-    ) -> dict[str, torch.Tensor]:
-        """The training losses of a batch. ``*_embeds``: image-encoder outputs computed beforehand
-        (frozen encoder), instead of pixels."""
-        embeddings = self.contrastive_embeddings(
-            reference_pixels,
-            input_ids,
-            attention_mask,
-            target_pixels,
-            caption_ids,
-            caption_mask,
-            reference_embeds,
-            target_embeds,
-        )
-        return self.contrastive_losses(embeddings)
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """The training losses of a batch; arguments as :meth:`contrastive_embeddings` (``*_embeds``:
+        image-encoder outputs computed beforehand for a frozen encoder, instead of pixels)."""
+        return self.contrastive_losses(self.contrastive_embeddings(*args, **kwargs))
 
     def set_stage(self, stage: int) -> None:
         """Stage 1 (FACap): everything trains but the image encoder's own weights (adapters train).

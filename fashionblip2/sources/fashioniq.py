@@ -78,6 +78,11 @@ def _json_lists(
             yield category, split, rel, data
 
 
+def image_key(category: str, asin: str) -> str:
+    """The manifest id of a FashionIQ image listed under ``category``."""
+    return f"{SOURCE}:{category}:{asin}"
+
+
 def image_path(root: str | os.PathLike[str], asin: str) -> Path:
     """Where the image of ``asin`` is: ``images/<asin>.png``, or .jpg / .jpeg in mirrors that re-encoded them."""
     base = Path(root) / "images"
@@ -117,7 +122,7 @@ def read_fashioniq_images(
             seen[category, asin] = rel
             records.append(
                 ImageRecord(
-                    image_id=f"{SOURCE}:{category}:{asin}",
+                    image_id=image_key(category, asin),
                     path=str(image_path(root, asin)),
                     source=SOURCE,
                     category=category,
