@@ -88,10 +88,6 @@ class ImageStore:
         return normalise(torch.stack([self._pixels[k] if k in self._pixels else loaded[k] for k in keys]))
 
 
-def manifest_paths(manifest: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(manifest["image_id"], manifest["path"], strict=True))
-
-
 def native_index(manifest: pd.DataFrame) -> dict[str, str]:
     """Native id (as FACap names images) -> manifest id, for the non-FashionIQ sources."""
     rows = manifest[manifest["source"] != "fashioniq"]

@@ -173,3 +173,8 @@ def resolve_roots(
             spec["root"] = os.path.join(synthetic_dir, name)
         out[name] = spec
     return out
+
+
+def manifest_paths(manifest: pd.DataFrame) -> dict[str, str]:
+    """Image id -> file path."""
+    return dict(zip(manifest["image_id"], manifest["path"], strict=True))

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fashionblip2.embedding import EmbeddingFile, embed_images, load_image_encoder, shard_bounds
+from fashionblip2.embedding import embed_images, load_image_encoder
+from fashionblip2.embedding_file import EmbeddingFile, shard_bounds
 from fashionblip2.report import BadInputError
 
 

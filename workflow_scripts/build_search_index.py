@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.data import ImageStore, manifest_paths  # noqa: E402
+from fashionblip2.data import ImageStore  # noqa: E402
 from fashionblip2.experiments import set_threads  # noqa: E402
+from fashionblip2.manifest import manifest_paths  # noqa: E402
 from fashionblip2.model import FashionBLIP2  # noqa: E402
 from fashionblip2.retrieval import encode_gallery, save_index  # noqa: E402
 from fashionblip2.training import resolve_device  # noqa: E402

@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.data import ImageStore, manifest_paths, read_fashioniq_split, read_gallery  # noqa: E402
+from fashionblip2.data import ImageStore, read_fashioniq_split, read_gallery  # noqa: E402
 from fashionblip2.experiments import set_threads  # noqa: E402
 from fashionblip2.io import write_json_atomic, write_parquet_atomic  # noqa: E402
+from fashionblip2.manifest import manifest_paths  # noqa: E402
 from fashionblip2.model import FashionBLIP2  # noqa: E402
 from fashionblip2.provenance import provenance  # noqa: E402
 from fashionblip2.report import InputReport  # noqa: E402

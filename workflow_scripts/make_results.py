@@ -26,9 +26,9 @@ import pandas as pd  # noqa: E402
 
 from fashionblip2 import experiment_tables as et  # noqa: E402
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.data import manifest_paths  # noqa: E402
 from fashionblip2.figures import contact_sheet, qualitative_row, recall_curve  # noqa: E402
 from fashionblip2.io import write_text_atomic  # noqa: E402
+from fashionblip2.manifest import manifest_paths  # noqa: E402
 from fashionblip2.provenance import provenance  # noqa: E402
 from fashionblip2.tables import write_table  # noqa: E402
 

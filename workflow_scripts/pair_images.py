@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 from fashionblip2.cli_utils import add_pairing_selection, run_main, selected_images, setup_logging  # noqa: E402
-from fashionblip2.embedding import EmbeddingFile  # noqa: E402
+from fashionblip2.embedding_file import EmbeddingFile  # noqa: E402
 from fashionblip2.io import write_json_atomic, write_parquet_atomic  # noqa: E402
 from fashionblip2.pairing import (  # noqa: E402
     ENGINES,
