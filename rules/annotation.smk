@@ -2,6 +2,13 @@
 # Every model answer goes through the result cache (annotation.cache_dir): nothing is paid twice.
 
 
+# Seconds of work on small files: on a cluster they run in the main Snakemake process, not as jobs.
+localrules:
+    captions,
+    modifications,
+    table1,
+
+
 rule caption:
     input:
         manifest=MANIFEST,
@@ -20,10 +27,7 @@ rule caption:
         "../envs/vlm.yaml"
     threads: rule_resources("caption", "threads", 1)
     resources:
-        runtime=rule_resources("caption", "runtime", 60),
-        mem_mb=rule_resources("caption", "mem_mb", 8000),
-        cpus_per_task=rule_resources("caption", "cpus_per_task", 1),
-        gpu=rule_resources("caption", "gpu", 0),
+        **cluster_resources("caption", runtime=60, mem_mb=8000, gpu=0),
     shell:
         "python workflow_scripts/annotate.py --stage caption --shard {wildcards.shard} --shards {params.shards}"
         " --settings {params.settings:q} --prices {params.prices:q} --prompt {input.prompt}"
@@ -45,6 +49,8 @@ rule captions:
     resources:
         runtime=10,
         mem_mb=4000,
+    resources:
+        **cluster_resources("captions", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
         " --out {output.captions} --report {output.report} 2> {log}"
@@ -68,9 +74,7 @@ rule modify:
         "../envs/llm.yaml"
     threads: rule_resources("modify", "threads", 1)
     resources:
-        runtime=rule_resources("modify", "runtime", 60),
-        mem_mb=rule_resources("modify", "mem_mb", 4000),
-        cpus_per_task=rule_resources("modify", "cpus_per_task", 1),
+        **cluster_resources("modify", runtime=60, mem_mb=4000),
     shell:
         "python workflow_scripts/annotate.py --stage modification --shard {wildcards.shard} --shards {params.shards}"
         " --settings {params.settings:q} --prices {params.prices:q} --prompt {input.prompt}"
@@ -92,6 +96,8 @@ rule modifications:
     resources:
         runtime=10,
         mem_mb=4000,
+    resources:
+        **cluster_resources("modifications", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
         " --out {output.modifications} --report {output.report} 2> {log}"
@@ -116,6 +122,8 @@ rule facap:
     resources:
         runtime=30,
         mem_mb=8000,
+    resources:
+        **cluster_resources("facap", runtime=30, mem_mb=8000),
     shell:
         "python workflow_scripts/assemble_datasets.py facap --pairs {input.pairs} --captions {input.captions}"
         " --modifications {input.modifications} --sources {params.sources:q} --annotation {params.annotation:q}"
@@ -141,6 +149,8 @@ rule enhfashioniq:
     resources:
         runtime=10,
         mem_mb=4000,
+    resources:
+        **cluster_resources("enhfashioniq", runtime=30, mem_mb=8000),
     shell:
         "python workflow_scripts/assemble_datasets.py enhfashioniq --pairs {input.pairs}"
         " --modifications {input.modifications} --fashioniq-root {params.fashioniq_root}"
@@ -166,6 +176,8 @@ rule table1:
     resources:
         runtime=10,
         mem_mb=4000,
+    resources:
+        **cluster_resources("table1", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/make_table1.py --facap {input.facap} --fashioniq-root {params.fashioniq_root}"
         " --data {params.data} --run-name {params.run_name} --out {params.stem} 2> {log}"

@@ -99,6 +99,31 @@ def rule_resources(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
+def cluster_resources(rule_name, runtime, mem_mb, gpu=0):
+    """A rule's resources: `resources.<rule>` in config overrides the rule's defaults; `cluster:` adds
+    the SLURM partition, account and GPU model (the executor turns these into sbatch options; a
+    local run ignores them, and counts `gpu` only when given `--resources gpu=N`)."""
+    spec = config.get("resources", {}).get(rule_name, {})
+    cluster = config["cluster"]
+    gpus = spec.get("gpu", gpu)
+    out = {
+        "runtime": spec.get("runtime", runtime),
+        "mem_mb": spec.get("mem_mb", mem_mb),
+        # One CPU per thread unless the config says otherwise.
+        "cpus_per_task": spec.get("cpus_per_task") or (lambda wildcards, threads: threads),
+    }
+    partition = spec.get("slurm_partition") or cluster["gpu_partition" if gpus > 0 else "partition"]
+    if partition:
+        out["slurm_partition"] = partition
+    if cluster["account"]:
+        out["slurm_account"] = cluster["account"]
+    if gpus > 0:
+        out["gpu"] = gpus
+        if cluster["gpu_model"]:
+            out["gpu_model"] = cluster["gpu_model"]
+    return out
+
+
 def launcher(rule_name):
     """How a training script starts: plain python, or torchrun with one process per GPU when the
     rule is given several (data-parallel; the contrastive negatives are gathered across GPUs)."""

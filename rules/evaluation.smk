@@ -25,10 +25,7 @@ rule evaluate:
         "../envs/train.yaml"
     threads: rule_resources("evaluate", "threads", 1)
     resources:
-        runtime=rule_resources("evaluate", "runtime", 60),
-        mem_mb=rule_resources("evaluate", "mem_mb", 16000),
-        cpus_per_task=rule_resources("evaluate", "cpus_per_task", 1),
-        gpu=rule_resources("evaluate", "gpu", 0),
+        **cluster_resources("evaluate", runtime=60, mem_mb=16000, gpu=0),
     shell:
         "python workflow_scripts/evaluate_model.py --model {input.model} --manifest {input.manifest}"
         " --fashioniq-root {params.fashioniq_root} --enhfashioniq {input.enhfashioniq}"
@@ -53,10 +50,7 @@ rule search_index:
         "../envs/train.yaml"
     threads: rule_resources("search_index", "threads", 1)
     resources:
-        runtime=rule_resources("search_index", "runtime", 60),
-        mem_mb=rule_resources("search_index", "mem_mb", 16000),
-        cpus_per_task=rule_resources("search_index", "cpus_per_task", 1),
-        gpu=rule_resources("search_index", "gpu", 0),
+        **cluster_resources("search_index", runtime=60, mem_mb=16000, gpu=0),
     shell:
         "python workflow_scripts/build_search_index.py --model {input.model} --manifest {input.manifest}"
         " --sources {params.sources:q} --splits {params.splits:q} --device {params.device}"

@@ -23,10 +23,7 @@ rule embed:
         "../envs/clip.yaml"
     threads: rule_resources("embed", "threads", 2)
     resources:
-        runtime=rule_resources("embed", "runtime", 60),
-        mem_mb=rule_resources("embed", "mem_mb", 8000),
-        cpus_per_task=rule_resources("embed", "cpus_per_task", 2),
-        gpu=rule_resources("embed", "gpu", 1),
+        **cluster_resources("embed", runtime=60, mem_mb=8000, gpu=1),
     shell:
         "OMP_NUM_THREADS={threads} python workflow_scripts/embed_images.py --manifest {input.manifest}"
         " --shard {wildcards.shard} --shards {params.shards} --sources {params.sources:q}"
@@ -52,8 +49,7 @@ rule embeddings:
         "../envs/data.yaml"
     threads: 1
     resources:
-        runtime=rule_resources("embeddings", "runtime", 30),
-        mem_mb=rule_resources("embeddings", "mem_mb", 8000),
+        **cluster_resources("embeddings", runtime=30, mem_mb=8000),
     shell:
         "python workflow_scripts/gather_embeddings.py --shards {input} --out {output.embeddings}"
         " --report {output.report} --model {params.model:q} --pretrained={params.pretrained:q}"
@@ -82,9 +78,7 @@ rule pair:
         "../envs/clip.yaml"
     threads: rule_resources("pair", "threads", 2)
     resources:
-        runtime=rule_resources("pair", "runtime", 120),
-        mem_mb=rule_resources("pair", "mem_mb", 16000),
-        cpus_per_task=rule_resources("pair", "cpus_per_task", 2),
+        **cluster_resources("pair", runtime=120, mem_mb=16000),
     shell:
         "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " python workflow_scripts/pair_images.py --manifest {input.manifest} --embeddings {input.embeddings}"

@@ -2,6 +2,13 @@
 # its own target: `snakemake --cores 2 results/tables/table5.md` builds that table and what it needs.
 
 
+# Small tables and figures: on a cluster they run in the main Snakemake process, not as jobs.
+localrules:
+    table,
+    figure5,
+    figure6,
+
+
 rule table:
     input:
         lambda wc: table_inputs(int(wc.number)),
@@ -24,6 +31,8 @@ rule table:
     resources:
         runtime=5,
         mem_mb=1000,
+    resources:
+        **cluster_resources("table", runtime=10, mem_mb=2000),
     shell:
         "python workflow_scripts/make_results.py table{wildcards.number} --spec {params.spec:q}"
         " --variants {params.variants:q} --eval-root results/eval --data {params.data}"
@@ -47,6 +56,8 @@ rule figure5:
     resources:
         runtime=5,
         mem_mb=1000,
+    resources:
+        **cluster_resources("figure5", runtime=10, mem_mb=2000),
     shell:
         "python workflow_scripts/make_results.py figure5 --spec {params.spec:q} --eval-root results/eval"
         " --data {params.data} --run-name {params.run_name} --out {output.png} 2> {log}"
@@ -74,6 +85,8 @@ rule figure6:
     resources:
         runtime=5,
         mem_mb=2000,
+    resources:
+        **cluster_resources("figure6", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/make_results.py figure6 --spec {params.spec:q} --eval-root results/eval"
         " --manifest {input.manifest} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"

@@ -13,9 +13,7 @@ rule synthetic_world:
         "../envs/data.yaml"
     threads: rule_resources("synthetic_world", "threads", 1)
     resources:
-        runtime=rule_resources("synthetic_world", "runtime", 30),
-        mem_mb=rule_resources("synthetic_world", "mem_mb", 2000),
-        cpus_per_task=rule_resources("synthetic_world", "cpus_per_task", 1),
+        **cluster_resources("synthetic_world", runtime=30, mem_mb=2000),
     shell:
         "python workflow_scripts/make_synthetic_world.py --spec {params.spec:q}"
         " --out {output.world} --ground-truth {output.truth} 2> {log}"
@@ -40,9 +38,7 @@ rule manifest:
         "../envs/data.yaml"
     threads: rule_resources("manifest", "threads", 2)
     resources:
-        runtime=rule_resources("manifest", "runtime", 120),
-        mem_mb=rule_resources("manifest", "mem_mb", 8000),
-        cpus_per_task=rule_resources("manifest", "cpus_per_task", 2),
+        **cluster_resources("manifest", runtime=120, mem_mb=8000),
     shell:
         "python workflow_scripts/build_manifest.py --sources {params.sources:q} --verify {params.verify}"
         " {params.strict} --threads {threads} --run-name {params.run_name}"

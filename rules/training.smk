@@ -19,9 +19,7 @@ rule tokenizer:
         "../envs/train.yaml"
     threads: rule_resources("tokenizer", "threads", 1)
     resources:
-        runtime=rule_resources("tokenizer", "runtime", 10),
-        mem_mb=rule_resources("tokenizer", "mem_mb", 2000),
-        cpus_per_task=rule_resources("tokenizer", "cpus_per_task", 1),
+        **cluster_resources("tokenizer", runtime=10, mem_mb=2000),
     shell:
         "python workflow_scripts/train_tokenizer.py --manifest {input.manifest} --facap {input.facap}"
         " --fashioniq-triplets {input.triplets} --vocab-size {params.vocab_size} --max-length {params.max_length}"
@@ -49,10 +47,7 @@ rule pretrain:
         "../envs/train.yaml"
     threads: rule_resources("pretrain", "threads", 1)
     resources:
-        runtime=rule_resources("pretrain", "runtime", 600),
-        mem_mb=rule_resources("pretrain", "mem_mb", 16000),
-        cpus_per_task=rule_resources("pretrain", "cpus_per_task", 1),
-        gpu=rule_resources("pretrain", "gpu", 0),
+        **cluster_resources("pretrain", runtime=600, mem_mb=16000, gpu=0),
     shell:
         "{params.launcher} workflow_scripts/pretrain_backbone.py --manifest {input.manifest} --tokenizer {input.tokenizer}"
         " --image-size {params.image_size} --max-text-length {params.max_text_length} --run {params.run:q}"
@@ -83,10 +78,7 @@ rule train_stage1:
         "../envs/train.yaml"
     threads: rule_resources("train_stage1", "threads", 1)
     resources:
-        runtime=rule_resources("train_stage1", "runtime", 1440),
-        mem_mb=rule_resources("train_stage1", "mem_mb", 32000),
-        cpus_per_task=rule_resources("train_stage1", "cpus_per_task", 1),
-        gpu=rule_resources("train_stage1", "gpu", 0),
+        **cluster_resources("train_stage1", runtime=1440, mem_mb=32000, gpu=0),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage 1 --variant {wildcards.variant} --spec {params.spec:q}"
         " --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
@@ -120,10 +112,7 @@ rule train_stage2:
         "../envs/train.yaml"
     threads: rule_resources("train_stage2", "threads", 1)
     resources:
-        runtime=rule_resources("train_stage2", "runtime", 600),
-        mem_mb=rule_resources("train_stage2", "mem_mb", 32000),
-        cpus_per_task=rule_resources("train_stage2", "cpus_per_task", 1),
-        gpu=rule_resources("train_stage2", "gpu", 0),
+        **cluster_resources("train_stage2", runtime=600, mem_mb=32000, gpu=0),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage 2 --variant {wildcards.variant} --spec {params.spec:q}"
         " --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,36 @@ def shared_fashioniq() -> Path:
     if not (SHARED_FASHIONIQ / "captions").is_dir():
         pytest.skip(f"the real FashionIQ annotation files are not at {SHARED_FASHIONIQ}")
     return SHARED_FASHIONIQ
+
+
+# What a run of the workflow needs (the library is imported from this checkout through sys.path).
+WORKFLOW_FILES = [
+    "Snakefile",
+    "config.yaml",
+    "config",
+    "rules",
+    "envs",
+    "workflow_scripts",
+    "prompts",
+    "report",
+    "slurm",
+]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # Rules call `python`: it must be this interpreter's environment, as after `make` or an activation.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=900, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    return tmp_path

@@ -1,0 +1,196 @@
+"""A real single-node SLURM cluster for tests: munge, slurmctld and slurmd, started as root from
+Debian's packages with a configuration in a temporary folder, stopped by PID.
+
+Facts this follows (../shared/notes/slurm-on-one-machine.md): no systemd, so every daemon is
+started by hand; `DefMemPerCPU` lets jobs share the node; the job step clears SLURM_* variables,
+so an `srun` wrapper first on PATH puts SLURM_CONF back; without accounting, Snakemake polls with
+`squeue`; finished jobs are recorded by SLURM itself in a job-completion file (`jobcomp/filetxt`).
+Two fake GPUs (gres on /dev/null and /dev/zero) let GPU jobs (`--gpus=1`) be scheduled on a machine without one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PACKAGES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")
+
+
+def missing_requirements() -> str | None:
+    """Why a cluster cannot start here, or None."""
+    missing = [p for p in PACKAGES if not shutil.which(p) and not Path("/usr/sbin", p).exists()]
+    if missing:
+        return f"not installed: {', '.join(missing)} (apt-get install slurmctld slurmd slurm-client munge)"
+    if os.geteuid() != 0:
+        return "starting slurmd and munged needs root"
+    if not Path("/etc/munge/munge.key").exists():
+        return "/etc/munge/munge.key is missing (reinstall the munge package)"
+    return None
+
+
+SLURM_CONF = """\
+ClusterName=facaptest
+SlurmctldHost={host}
+SlurmUser=root
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500
+MaxJobCount=10000
+MinJobAge=600
+ReturnToService=2
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1
+GresTypes=gpu
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={root}/jobcomp.txt
+MpiDefault=none
+NodeName={host} CPUs={cpus} RealMemory={memory} Gres=gpu:2 State=UNKNOWN
+PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes={host} Default=NO MaxTime=INFINITE State=UP
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SlurmCluster:
+    """Start with `start()`, stop with `stop()`; `env` is what clients (sbatch, snakemake) need."""
+
+    def __init__(self, root: Path, memory_mb: int = 16000) -> None:
+        self.root = Path(root)
+        self.host = socket.gethostname().split(".")[0]
+        self.memory_mb = memory_mb
+        self.conf = self.root / "slurm.conf"
+        self.bin = self.root / "bin"
+        self.pids: dict[str, int] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf), "PATH": f"{self.bin}:{os.environ['PATH']}"}
+
+    def start(self, timeout_s: float = 30) -> None:
+        for sub in ("state", "spool"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(
+            SLURM_CONF.format(
+                host=self.host,
+                root=self.root,
+                cpus=os.cpu_count(),
+                memory=self.memory_mb,
+                ctld_port=_free_port(),
+                d_port=_free_port(),
+            )
+        )
+        (self.root / "gres.conf").write_text(
+            "".join(f"NodeName={self.host} Name=gpu File={device}\n" for device in ("/dev/null", "/dev/zero"))
+        )
+        # The job step starts `srun` with SLURM_* cleared: a wrapper first on PATH restores the config.
+        self.bin.mkdir(exist_ok=True)
+        srun = self.bin / "srun"
+        srun.write_text(f'#!/bin/sh\nexport SLURM_CONF={self.conf}\nexec /usr/bin/srun "$@"\n')
+        srun.chmod(0o755)
+        self._start_munge()
+        self._run(["/usr/sbin/slurmctld", "-f", str(self.conf)])
+        self.pids["slurmctld"] = self._read_pid("slurmctld")
+        self._run(["/usr/sbin/slurmd", "-f", str(self.conf)])
+        self.pids["slurmd"] = self._read_pid("slurmd")
+        deadline = time.monotonic() + timeout_s
+        state = ""
+        while time.monotonic() < deadline:
+            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=self.env, capture_output=True, text=True).stdout
+            if state.split() and all(s.startswith("idle") for s in state.split()):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"SLURM node not idle after {timeout_s} s (sinfo: {state.strip()!r}); {self.logs_tail()}")
+
+    def _start_munge(self) -> None:
+        # munged runs as the munge user, who cannot enter pytest's root-only temp folders: its
+        # files go to /run/munge, where the clients also look for its socket.
+        run = Path("/run/munge")
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.chown(run, "munge", "munge")
+        socket_path = run / "munge.socket.2"
+        if socket_path.exists() and subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
+            return  # a munged already serves this machine: share it, do not stop it
+        pidfile = run / "facap-test-munged.pid"
+        result = subprocess.run(
+            ["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--socket", str(socket_path),
+             "--pid-file", str(pidfile), "--log-file", str(run / "facap-test-munged.log"),
+             "--seed-file", str(run / "facap-test-seed"), "--force"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"munged did not start ({result.returncode}): {result.stderr.strip()}")
+        self.pids["munged"] = int(pidfile.read_text())
+
+    def _run(self, cmd: list[str]) -> None:
+        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr}; {self.logs_tail()}")
+
+    def _read_pid(self, daemon: str, timeout_s: float = 10) -> int:
+        path = self.root / f"{daemon}.pid"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if path.exists() and path.read_text().strip():
+                return int(path.read_text())
+            time.sleep(0.1)
+        raise RuntimeError(f"{daemon} wrote no PID file; {self.logs_tail()}")
+
+    def logs_tail(self, lines: int = 15) -> str:
+        out = []
+        for name in ("slurmctld.log", "slurmd.log"):
+            path = self.root / name
+            if path.exists():
+                out.append(f"{name}: " + " | ".join(path.read_text().splitlines()[-lines:]))
+        return "; ".join(out) or "no daemon logs"
+
+    def completed_jobs(self) -> list[dict[str, str]]:
+        """SLURM's own record of finished jobs (jobcomp/filetxt): one dict of key=value per job."""
+        path = self.root / "jobcomp.txt"
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+            records.append(fields)
+        return records
+
+    def stop(self) -> None:
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid = self.pids.pop(name, None)
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,109 @@
+"""`snakemake --profile slurm` through a real single-node SLURM cluster (started by the test).
+
+Under CI (`CI=true`, where .ci/run installs slurmctld, slurmd and munge) a cluster that cannot
+start fails the test with the reason; elsewhere the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import snakemake
+from tests.slurm_cluster import SlurmCluster, missing_requirements
+
+TARGET = "results/tables/table1.md"
+# Outputs whose bytes must not depend on the executor (reports carry times, so they are left out).
+COMPARED = [
+    "data/manifest/images.parquet",
+    "data/embeddings/images.npz",
+    "data/pairs/pairs.parquet",
+    "data/annotation/captions.parquet",
+    "data/annotation/modifications.parquet",
+    "data/facap/cir_triplets",
+    "results/tables/table1.csv",
+]
+# Jobs that SLURM runs; the gather steps and Table 1 are local rules (seconds of work each).
+SUBMITTED = ["synthetic_world", "manifest", "embed", "embeddings", "pair", "caption", "modify", "facap"]
+
+
+@pytest.fixture
+def slurm_cluster(tmp_path_factory):
+    reason = missing_requirements()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the SLURM test, but: {reason}")
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except Exception as error:  # noqa: BLE001 - the reason is the message
+        cluster.stop()
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"a SLURM cluster could not start here: {error}")
+    yield cluster
+    cluster.stop()
+
+
+def digest(root: Path, relative: str) -> dict[str, str]:
+    path = root / relative
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def copy_workflow(source: Path, dest: Path) -> Path:
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("data", "results", "logs", ".snakemake"))
+    return dest
+
+
+@pytest.mark.e2e
+def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(slurm_cluster, workflow_copy, tmp_path):
+    on_slurm = copy_workflow(workflow_copy, tmp_path / "on_slurm")
+    (on_slurm / "cluster.yaml").write_text(yaml.safe_dump({"cluster": {"partition": "cpu", "gpu_partition": "gpu"}}))
+    # Jobs inherit this environment: the project's python first on PATH, and the cluster's config.
+    env = {**slurm_cluster.env}
+    env["PATH"] = f"{slurm_cluster.bin}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    args = [
+        sys.executable, "-m", "snakemake", "--profile", "slurm", TARGET,
+        "--configfile", "config/presets/test.yaml", "cluster.yaml",
+        # Without SLURM accounting, job states come from squeue (finished jobs stay MinJobAge = 600 s).
+        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+        "--seconds-between-status-checks", "1", "--slurm-no-account", "--latency-wait", "5",
+    ]  # fmt: skip
+    # The SLURM executor can wait forever on a broken cluster: a hard limit keeps CI moving.
+    proc = subprocess.run(
+        ["timeout", "-k", "10", "480", *args], cwd=on_slurm, env=env, capture_output=True, text=True
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n{slurm_cluster.logs_tail()}"
+
+    # SLURM's own records: the jobs it ran (Snakemake puts the rule in the job's comment).
+    shown = subprocess.run(["scontrol", "-o", "show", "job"], env=env, capture_output=True, text=True, check=True)
+    jobs = [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in shown.stdout.splitlines()]
+    rule_of = {j["JobId"]: j["Comment"].removeprefix("rule_").split("_wildcards_")[0] for j in jobs}
+    assert sorted(set(rule_of.values())) == sorted(SUBMITTED), shown.stdout
+    assert all(j["JobState"] == "COMPLETED" for j in jobs), shown.stdout
+    completed = slurm_cluster.completed_jobs()  # the job-completion log, written by slurmctld
+    assert {r["JobId"] for r in completed} == set(rule_of) and {r["JobState"] for r in completed} == {"COMPLETED"}
+    # GPU rules (the tiny preset gives `embed` one GPU) went to the GPU partition and asked for one.
+    for job in jobs:
+        gpu_rule = rule_of[job["JobId"]] == "embed"
+        assert job["Partition"] == ("gpu" if gpu_rule else "cpu"), job
+        assert ("gpu:1" in job.get("TresPerJob", "")) == gpu_rule, job
+    assert sorted((on_slurm / "logs/slurm").rglob("*.log")), "SLURM job logs go to logs/slurm"
+
+    # The same outputs as a local run of the same target.
+    local = copy_workflow(workflow_copy, tmp_path / "local")
+    snakemake(local, "--cores", "2", TARGET, "--configfile", "config/presets/test.yaml")
+    for relative in COMPARED:
+        assert digest(on_slurm, relative) == digest(local, relative), relative
+    # Nothing left to do under either executor.
+    dry = snakemake(on_slurm, "-n", TARGET, "--configfile", "config/presets/test.yaml", "cluster.yaml")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
