@@ -2,12 +2,15 @@
 
     fashionblip2 search --model models/stage2/cir_mh --index results/index/stage2/cir_mh \\
         --image my_dress.jpg --text "is red and has shorter sleeves" --top-k 10 --sheet results.png
+    fashionblip2 store push     # dvc add + dvc push the expensive artefacts (config: dvc:)
+    fashionblip2 store pull     # in a fresh clone: dvc pull, then mark the pulled outputs done
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from fashionblip2.cli_utils import setup_logging
 
@@ -49,6 +52,42 @@ def search(args: argparse.Namespace) -> int:
     return 0
 
 
+def workflow_config(root: Path, configfiles: list[str]) -> dict:
+    """config.yaml with the given config files merged over it, as Snakemake merges them, validated."""
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    for path in configfiles:
+        update_config(config, yaml.safe_load((root / path).read_text()) or {})
+    validate(config, str(root / "config" / "schema.yaml"))
+    return config
+
+
+def store(args: argparse.Namespace) -> int:
+    from fashionblip2 import store as dvc_store
+
+    root = Path(args.root).resolve()
+    settings = workflow_config(root, args.configfile)["dvc"]
+    try:
+        if args.action == "push":
+            files = dvc_store.push(root, settings)
+            print(f"pushed {len(files)} tracked paths to {settings['remote']['url']}; commit their .dvc files:")
+            tops = sorted({Path(f).parts[0] for f in files})
+            print(f"  git add .dvc .dvcignore {' '.join(tops)} && git commit -m 'DVC: tracked artefacts'")
+        else:
+            extra = ["--configfile", *args.configfile] if args.configfile else []
+            touched = dvc_store.pull(root, settings, extra)
+            print(f"pulled and marked up to date: {len(touched)} outputs")
+            for path in touched:
+                print(f"  {path}")
+            print("what is left to run: snakemake -n all")
+    except dvc_store.StoreError as e:
+        print(f"fashionblip2 store {args.action}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fashionblip2", description="FACap / FashionBLIP-2 tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,8 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--sheet", help="also write a contact-sheet PNG here")
     p.add_argument("--device", default="auto")
+    p.set_defaults(run=search)
+    p = sub.add_parser(
+        "store",
+        help="push the expensive artefacts to the DVC remote, or pull them into a fresh clone",
+        description="push: dvc add + dvc push every existing path of dvc.track (config). pull: dvc pull, then "
+        "`snakemake --touch` the pulled outputs so that Snakemake does not recompute them.",
+    )
+    p.add_argument("action", choices=["push", "pull"])
+    p.add_argument("--configfile", nargs="*", default=[], help="config files merged over config.yaml, as for snakemake")
+    p.add_argument("--root", default=".", help="the workflow checkout (a git repository)")
+    p.set_defaults(run=store)
     args = parser.parse_args(argv)
     setup_logging()
+    if args.run is store:
+        return store(args)
     import logging
 
     import transformers
