@@ -3,6 +3,8 @@ import json
 import os
 
 SYNTHETIC_WORLD = "data/synthetic/world"
+# A source whose root is "download" is fetched here from the URLs in downloads.files.<source>.
+DOWNLOADED_SOURCE = "data/raw/{source}"
 # The ground truth of the synthetic world. Only evaluation rules may take it as input: a rule that
 # builds the dataset or trains a model must never see it (tests/test_workflow.py checks this).
 GROUND_TRUTH = "data/synthetic/ground_truth.parquet"
@@ -49,26 +51,40 @@ def uses_synthetic_world():
     return any(spec.get("root") == "synthetic" for spec in enabled_sources().values())
 
 
+def source_root(name, root):
+    """Where a source's files are: the generated world, the download folder, or the user's folder."""
+    if root == "synthetic":
+        return os.path.join(SYNTHETIC_WORLD, name)
+    if root == "download":
+        return DOWNLOADED_SOURCE.format(source=name)
+    return root
+
+
 def resolved_sources():
-    """The enabled sources with "synthetic" roots replaced by the generated world's folders."""
+    """The enabled sources with "synthetic" and "download" roots replaced by their folders."""
     out = {}
     for name, spec in enabled_sources().items():
         spec = dict(spec)
-        if spec.get("root") == "synthetic":
-            spec["root"] = os.path.join(SYNTHETIC_WORLD, name)
+        if "root" in spec:
+            spec["root"] = source_root(name, spec["root"])
         out[name] = spec
     return out
 
 
 def manifest_inputs(wildcards):
-    """The generated world, or the user's own source folders and catalogue (so a missing one fails early)."""
+    """The generated world, the downloaded sources, or the user's own folders and catalogue (so a
+    missing one fails early)."""
     inputs = [SYNTHETIC_WORLD] if uses_synthetic_world() else []
     for name, spec in enabled_sources().items():
         if name == "catalogue":
             inputs.append(spec["path"])
         elif spec.get("root") != "synthetic":
-            inputs.append(spec["root"])
+            inputs.append(source_root(name, spec["root"]))
     return inputs
+
+
+def download_entries(wildcards):
+    return config["downloads"]["files"].get(wildcards.source, [])
 
 
 def data_kind():
@@ -86,12 +102,11 @@ def annotation_shards(pattern):
 
 def fashioniq_root():
     """The FashionIQ folder (for reading its annotation files)."""
-    spec = config["sources"]["fashioniq"]
-    return os.path.join(SYNTHETIC_WORLD, "fashioniq") if spec["root"] == "synthetic" else spec["root"]
+    return source_root("fashioniq", config["sources"]["fashioniq"]["root"])
 
 
 def fashioniq_input():
-    """The input of rules that read FashionIQ files (the generated world, or the user's folder)."""
+    """The input of rules that read FashionIQ files (the generated world, the download, or the user's folder)."""
     return SYNTHETIC_WORLD if config["sources"]["fashioniq"]["root"] == "synthetic" else fashioniq_root()
 
 

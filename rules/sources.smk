@@ -1,4 +1,31 @@
-# Stage: sources. The synthetic world (embedded default) and the image manifest of all sources.
+# Stage: sources. The synthetic world (embedded default), downloads of the real datasets, and the
+# image manifest of all sources.
+
+
+# Cluster nodes often have no internet: downloads run where Snakemake itself runs.
+localrules:
+    download,
+
+
+rule download:
+    output:
+        directory(DOWNLOADED_SOURCE),
+    params:
+        entries=lambda wildcards: json.dumps(download_entries(wildcards)),
+        partial_dir=config["downloads"]["partial_dir"],
+        timeout=config["downloads"]["timeout_s"],
+        retries=config["downloads"]["retries"],
+        backoff=config["downloads"]["backoff_s"],
+    log:
+        "logs/sources/download_{source}.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **cluster_resources("download", runtime=1440, mem_mb=2000),
+    shell:
+        "python workflow_scripts/download_source.py --source {wildcards.source} --entries {params.entries:q}"
+        " --partial-dir {params.partial_dir} --timeout {params.timeout} --retries {params.retries}"
+        " --backoff {params.backoff} --out {output} 2> {log}"
 
 
 rule synthetic_world:
