@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fashionblip2.data import ImageStore, Triplets
+from fashionblip2.data import ImageStore
 from fashionblip2.io import atomic_directory, dumps_json
 from fashionblip2.model import FashionBLIP2
 from fashionblip2.model.configuration import MATCHING
 from fashionblip2.text import tokenize
 from fashionblip2.training import METRICS, TrainConfig, resolve_device, train
+from fashionblip2.triplets import Triplets
 
 log = logging.getLogger(__name__)
 LOSSES = ("cir", "ctr")

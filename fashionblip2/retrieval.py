@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from fashionblip2.data import ImageStore, Triplets
+from fashionblip2.data import ImageStore
 from fashionblip2.evaluation import KS, fashioniq_summary, recall_at_k, retrieve
 from fashionblip2.text import tokenize
+from fashionblip2.triplets import Triplets
 
 TOP_SAVED = 10  # retrieved ids kept per query in the rankings (for the qualitative figure)
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fashionblip2.cli import main as cli_main
-from fashionblip2.data import ImageStore, Triplets
+from fashionblip2.data import ImageStore
 from fashionblip2.experiments import (
     ImageFeatureCache,
     ModelSettings,
@@ -26,6 +26,7 @@ from fashionblip2.model.pretraining import Blip2ImageTextContrastive
 from fashionblip2.retrieval import encode_gallery, evaluate_queries, save_index, target_ranks
 from fashionblip2.text import train_word_level
 from fashionblip2.training import TrainConfig
+from fashionblip2.triplets import Triplets
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "black": (10, 10, 10)}
 SHAPES = ["dress", "shirt"]

@@ -11,16 +11,12 @@ from PIL import Image
 
 from fashionblip2.data import (
     ImageStore,
-    Triplets,
     normalise,
-    pretraining_pairs,
-    read_facap,
-    read_fashioniq_split,
-    read_gallery,
     target_pad,
 )
 from fashionblip2.report import InputReport
 from fashionblip2.text import load_tokenizer, tokenize, train_word_level
+from fashionblip2.triplets import Triplets, pretraining_pairs, read_facap, read_fashioniq_split, read_gallery
 
 TEXTS = ["A red dress with long sleeves.", "A blue shirt, short sleeves", "is darker and has a v-neck"] * 3
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import add_training_run_arguments, run_main, setup_logging  # noqa: E402
-from fashionblip2.data import ImageStore, read_facap, read_fashioniq_split  # noqa: E402
+from fashionblip2.data import ImageStore  # noqa: E402
 from fashionblip2.experiments import (  # noqa: E402
     ModelSettings,
     Variant,
@@ -40,6 +40,7 @@ from fashionblip2.manifest import manifest_paths  # noqa: E402
 from fashionblip2.provenance import provenance  # noqa: E402
 from fashionblip2.report import InputReport  # noqa: E402
 from fashionblip2.text import load_tokenizer  # noqa: E402
+from fashionblip2.triplets import read_facap, read_fashioniq_split  # noqa: E402
 
 log = logging.getLogger("train_model")
 
