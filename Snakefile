@@ -31,6 +31,7 @@ wildcard_constraints:
 include: "rules/sources.smk"
 include: "rules/pairing.smk"
 include: "rules/annotation.smk"
+include: "rules/quality.smk"
 include: "rules/training.smk"
 include: "rules/evaluation.smk"
 include: "rules/results.smk"

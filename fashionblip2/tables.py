@@ -87,10 +87,19 @@ def table1(computed: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def write_table(
-    frame: pd.DataFrame, stem: str | os.PathLike[str], title: str, notes: list[str], tex: bool = False
+    frame: pd.DataFrame,
+    stem: str | os.PathLike[str],
+    title: str,
+    notes: list[str],
+    tex: bool = False,
+    sections: dict[str, pd.DataFrame] | None = None,
 ) -> None:
-    """``<stem>.md`` (title, table, notes) and ``<stem>.csv`` (and ``<stem>.tex``), each written atomically.
-    The .md is written last: it is the rule's declared output, so it exists only when the others do."""
+    """``<stem>.md`` (title, table, notes, then each extra section) and ``<stem>.csv`` (and ``<stem>.tex``,
+    and ``<stem>_<section>.csv`` per section), each written atomically. The .md is written last: it is
+    the rule's declared output, so it exists only when the others do."""
+    sections = sections or {}
+    for name, part in sections.items():
+        write_text_atomic(f"{stem}_{name.split(':')[0].lower().replace(' ', '_')}.csv", part.to_csv(index=False))
     write_text_atomic(f"{stem}.csv", frame.to_csv(index=False))
     if tex:
         body = frame.to_latex(index=False, float_format="%.2f", na_rep="--", escape=True)
@@ -98,4 +107,6 @@ def write_table(
         write_text_atomic(f"{stem}.tex", comments + body)
     md = [f"# {title}", "", frame.to_markdown(index=False, floatfmt=".2f", missingval="–"), ""]
     md += [f"- {n}" for n in notes]
+    for name, part in sections.items():
+        md += ["", f"## {name}", "", part.to_markdown(index=False, floatfmt=".3f", missingval="–")]
     write_text_atomic(f"{stem}.md", "\n".join(md) + "\n")

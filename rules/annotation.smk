@@ -47,9 +47,6 @@ rule captions:
     conda:
         "../envs/data.yaml"
     resources:
-        runtime=10,
-        mem_mb=4000,
-    resources:
         **cluster_resources("captions", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
@@ -94,9 +91,6 @@ rule modifications:
     conda:
         "../envs/data.yaml"
     resources:
-        runtime=10,
-        mem_mb=4000,
-    resources:
         **cluster_resources("modifications", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
@@ -119,9 +113,6 @@ rule facap:
         "logs/annotation/facap.log",
     conda:
         "../envs/data.yaml"
-    resources:
-        runtime=30,
-        mem_mb=8000,
     resources:
         **cluster_resources("facap", runtime=30, mem_mb=8000),
     shell:
@@ -147,10 +138,7 @@ rule enhfashioniq:
     conda:
         "../envs/data.yaml"
     resources:
-        runtime=10,
-        mem_mb=4000,
-    resources:
-        **cluster_resources("enhfashioniq", runtime=30, mem_mb=8000),
+        **cluster_resources("enhfashioniq", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/assemble_datasets.py enhfashioniq --pairs {input.pairs}"
         " --modifications {input.modifications} --fashioniq-root {params.fashioniq_root}"
@@ -173,9 +161,6 @@ rule table1:
         "logs/tables/table1.log",
     conda:
         "../envs/data.yaml"
-    resources:
-        runtime=10,
-        mem_mb=4000,
     resources:
         **cluster_resources("table1", runtime=10, mem_mb=4000),
     shell:

@@ -29,6 +29,10 @@ MODIFICATIONS_REPORT = "data/annotation/modifications_report.json"
 FACAP = "data/facap"
 ENHFASHIONIQ = "data/enhfashioniq"
 TABLE1 = "results/tables/table1.md"
+QUALITY_SAMPLE = "results/quality/sample"
+QUALITY_KIT = "results/quality/kit"
+QUALITY_AUTOMATIC = "results/quality/automatic"
+TABLE2 = "results/tables/table2.md"
 
 TRAINED_TOKENIZER = "models/tokenizer"
 TRAINED_BACKBONE = "models/backbone"
@@ -108,6 +112,56 @@ def fashioniq_root():
 def fashioniq_input():
     """The input of rules that read FashionIQ files (the generated world, the download, or the user's folder)."""
     return SYNTHETIC_WORLD if config["sources"]["fashioniq"]["root"] == "synthetic" else fashioniq_root()
+
+
+def quality_sample_inputs(wildcards):
+    """The datasets sampled for Table 2 (quality.datasets), and the manifest."""
+    chosen = config["quality"]["datasets"]
+    inputs = {"manifest": MANIFEST}
+    if "facap" in chosen:
+        inputs["facap"] = FACAP
+    if "enhfashioniq" in chosen:
+        inputs["enhfashioniq"] = ENHFASHIONIQ
+    if "fashioniq" in chosen:
+        inputs["fashioniq"] = fashioniq_input()
+    return inputs
+
+
+def quality_sample_arguments(wildcards, input):
+    chosen = config["quality"]["datasets"]
+    args = []
+    if "facap" in chosen:
+        args.append(f"--facap {input.facap}")
+    if "enhfashioniq" in chosen:
+        args.append(f"--enhfashioniq {input.enhfashioniq}")
+    if "fashioniq" in chosen:
+        args.append(f"--fashioniq-root {fashioniq_root()}")
+    return " ".join(args)
+
+
+def uses_automatic_annotators():
+    return not config["quality"]["annotations"]
+
+
+def quality_annotations():
+    """The score files for Table 2: the people's (quality.annotations), or on the synthetic world the
+    automatic annotators'. Real data without score files cannot make Table 2: say what to do."""
+    if not uses_automatic_annotators():
+        return config["quality"]["annotations"]
+    if data_kind() != "synthetic":
+        raise ValueError(
+            "quality.annotations lists no score files, and automatic annotators need the synthetic world: "
+            f"send {QUALITY_KIT}/ to your annotators, then list their exported CSVs in quality.annotations"
+        )
+    return [QUALITY_AUTOMATIC]
+
+
+def quality_targets():
+    """The kit always; Table 2 when it can be made (score files listed, or the synthetic world)."""
+    targets = [QUALITY_KIT]
+    if not uses_automatic_annotators() or data_kind() == "synthetic":
+        targets.append(TABLE2)
+    return targets
 
 
 def rule_resources(rule_name, key, default):
@@ -248,4 +302,5 @@ def experiment_targets():
 def all_targets():
     """Everything `snakemake all` builds; it grows as stages land."""
     return [MANIFEST, MANIFEST_TRIPLETS, MANIFEST_REPORT, MANIFEST_ISSUES, EMBEDDINGS_REPORT, PAIRS, PAIRS_REPORT,
-            CAPTIONS_REPORT, MODIFICATIONS_REPORT, FACAP, ENHFASHIONIQ, TABLE1, *experiment_targets()]
+            CAPTIONS_REPORT, MODIFICATIONS_REPORT, FACAP, ENHFASHIONIQ, TABLE1, *quality_targets(),
+            *experiment_targets()]

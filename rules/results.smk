@@ -29,10 +29,7 @@ rule table:
     conda:
         "../envs/data.yaml"
     resources:
-        runtime=5,
-        mem_mb=1000,
-    resources:
-        **cluster_resources("table", runtime=10, mem_mb=2000),
+        **cluster_resources("table", runtime=5, mem_mb=1000),
     shell:
         "python workflow_scripts/make_results.py table{wildcards.number} --spec {params.spec:q}"
         " --variants {params.variants:q} --eval-root results/eval --data {params.data}"
@@ -54,10 +51,7 @@ rule figure5:
     conda:
         "../envs/data.yaml"
     resources:
-        runtime=5,
-        mem_mb=1000,
-    resources:
-        **cluster_resources("figure5", runtime=10, mem_mb=2000),
+        **cluster_resources("figure5", runtime=5, mem_mb=1000),
     shell:
         "python workflow_scripts/make_results.py figure5 --spec {params.spec:q} --eval-root results/eval"
         " --data {params.data} --run-name {params.run_name} --out {output.png} 2> {log}"
@@ -83,10 +77,7 @@ rule figure6:
     conda:
         "../envs/data.yaml"
     resources:
-        runtime=5,
-        mem_mb=2000,
-    resources:
-        **cluster_resources("figure6", runtime=10, mem_mb=4000),
+        **cluster_resources("figure6", runtime=5, mem_mb=2000),
     shell:
         "python workflow_scripts/make_results.py figure6 --spec {params.spec:q} --eval-root results/eval"
         " --manifest {input.manifest} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"

@@ -17,7 +17,7 @@ from snakemake.utils import validate
 from tests.conftest import REPO, snakemake
 
 # Rules allowed to read the synthetic world's ground truth (evaluation only).
-GROUND_TRUTH_READERS: set[str] = set()
+GROUND_TRUTH_READERS: set[str] = {"auto_annotate"}
 
 
 @pytest.mark.e2e
@@ -64,6 +64,13 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
         assert (enh / f"image_splits/split.{cat}.val.json").exists()
     table1 = (workflow_copy / "results/tables/table1.md").read_text()
     assert "reported by the paper" in table1 and "this run (synthetic data)" in table1 and "Tokenisation" in table1
+
+    # Quality evaluation: the sample, a kit per annotator, and Table 2 from the automatic annotators.
+    items = pd.read_csv(workflow_copy / "results/quality/sample/items.csv")
+    assert set(items.dataset) == {"facap", "fashioniq", "enhfashioniq"}
+    assert sorted((workflow_copy / "results/quality/kit").glob("annotator_*.html"))
+    table2 = (workflow_copy / "results/tables/table2.md").read_text()
+    assert "automatic annotators auto-1" in table2 and "Krippendorff" in table2 and "reported by the paper" in table2
     cached = len(list((workflow_copy / "data/cache").rglob("*.json")))
     assert cached > 0
 
@@ -121,7 +128,16 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
     # The report: every table and figure as a report item, with its caption.
     snakemake(workflow_copy, "--report", "report.html", "--configfile", "config/presets/test.yaml")
     html = (workflow_copy / "report.html").read_text()
-    for item in ("table1.md", "table3.md", "table4.md", "table5.md", "figure5.png", "figure6.png", "Figure 5: recall"):
+    for item in (
+        "table1.md",
+        "table2.md",
+        "table3.md",
+        "table4.md",
+        "table5.md",
+        "figure5.png",
+        "figure6.png",
+        "Figure 5: recall",
+    ):
         assert item in html, item
 
     # Each table regenerates alone, from the evaluations already there.

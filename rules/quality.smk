@@ -1,0 +1,98 @@
+# Stage: quality evaluation (paper §3.2, Table 2). A seeded sample per dataset, an annotation kit
+# for people (results/quality/kit/), and Table 2 from their score files; on the synthetic world,
+# automatic annotators score the sample from the ground truth when no score files are listed.
+
+
+rule quality_sample:
+    input:
+        unpack(quality_sample_inputs),
+    output:
+        directory(QUALITY_SAMPLE),
+    params:
+        datasets=quality_sample_arguments,
+        split=config["quality"]["fashioniq_split"],
+        categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
+        size=config["quality"]["sample_size"],
+        seed=config["quality"]["seed"],
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/quality/sample.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **cluster_resources("quality_sample", runtime=10, mem_mb=4000),
+    shell:
+        "python workflow_scripts/make_quality_sample.py --manifest {input.manifest} {params.datasets}"
+        " --fashioniq-split {params.split} --categories {params.categories:q} --size {params.size}"
+        " --seed {params.seed} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+
+
+rule quality_kit:
+    input:
+        sample=QUALITY_SAMPLE,
+        manifest=MANIFEST,
+    output:
+        directory(QUALITY_KIT),
+    params:
+        annotators=config["quality"]["annotators"],
+        seed=config["quality"]["seed"],
+        image_size=config["quality"]["image_size"],
+    log:
+        "logs/quality/kit.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **cluster_resources("quality_kit", runtime=10, mem_mb=4000),
+    shell:
+        "python workflow_scripts/make_annotation_kit.py --sample {input.sample} --manifest {input.manifest}"
+        " --annotators {params.annotators} --seed {params.seed} --image-size {params.image_size}"
+        " --out {output} 2> {log}"
+
+
+# An evaluation rule: it may read the synthetic world's ground truth.
+rule auto_annotate:
+    input:
+        sample=QUALITY_SAMPLE,
+        manifest=MANIFEST,
+        truth=GROUND_TRUTH,
+    output:
+        directory(QUALITY_AUTOMATIC),
+    params:
+        annotators=config["quality"]["automatic"]["annotators"],
+        noise=config["quality"]["automatic"]["noise"],
+        seed=config["quality"]["seed"],
+    log:
+        "logs/quality/auto_annotate.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **cluster_resources("auto_annotate", runtime=10, mem_mb=4000),
+    shell:
+        "python workflow_scripts/auto_annotate.py --sample {input.sample} --manifest {input.manifest}"
+        " --ground-truth {input.truth} --annotators {params.annotators} --noise {params.noise}"
+        " --seed {params.seed} --out {output} 2> {log}"
+
+
+rule table2:
+    input:
+        sample=QUALITY_SAMPLE,
+        annotations=quality_annotations(),
+    output:
+        md=report(TABLE2, caption="../report/table2.rst", category="Tables"),
+        csv=TABLE2.replace(".md", ".csv"),
+        agreement=TABLE2.replace(".md", "_agreement.csv"),
+    params:
+        stem=subpath(output.md, strip_suffix=".md"),
+        automatic="--automatic" if uses_automatic_annotators() else "",
+        data=data_kind(),
+        run_name=config["run_name"],
+    log:
+        "logs/tables/table2.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **cluster_resources("table2", runtime=10, mem_mb=2000),
+    shell:
+        "python workflow_scripts/make_table2.py --sample {input.sample} --annotations {input.annotations}"
+        " {params.automatic} --data {params.data} --run-name {params.run_name} --out {params.stem} 2> {log}"
