@@ -22,6 +22,7 @@ check_experiment_names()
 
 wildcard_constraints:
     shard=r"\d+",
+    source="fashion200k|deepfashion_mm|fashioniq",
     stage="stage1|stage2",
     variant="|".join(sorted(variants(), key=len, reverse=True)),
     dataset="|".join(EVAL_DATASETS),

@@ -4,7 +4,7 @@ import os
 
 SYNTHETIC_WORLD = "data/synthetic/world"
 # A source whose root is "download" is fetched here from the URLs in downloads.files.<source>.
-DOWNLOADED_SOURCE = "data/raw/{source}"
+DOWNLOADED_SOURCE = "data/downloaded/{source}"
 # The ground truth of the synthetic world. Only evaluation rules may take it as input: a rule that
 # builds the dataset or trains a model must never see it (tests/test_workflow.py checks this).
 GROUND_TRUTH = "data/synthetic/ground_truth.parquet"

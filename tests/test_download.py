@@ -212,7 +212,7 @@ def test_the_download_rule_feeds_the_manifest(workflow_copy, tiny_world, tmp_pat
     (workflow_copy / "download.yaml").write_text(yaml.safe_dump(overlay))
     args = ["--configfile", "config/presets/test.yaml", "download.yaml"]
     snakemake(workflow_copy, "--cores", "1", "data/manifest/images.parquet", *args)
-    raw = workflow_copy / "data/raw/fashioniq"
+    raw = workflow_copy / "data/downloaded/fashioniq"
     for path in fashioniq.rglob("*"):
         if path.is_file():
             assert (raw / path.relative_to(fashioniq)).read_bytes() == path.read_bytes(), path
@@ -220,5 +220,5 @@ def test_the_download_rule_feeds_the_manifest(workflow_copy, tiny_world, tmp_pat
     assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith("bytes="), ranges
     images = pd.read_parquet(workflow_copy / "data/manifest/images.parquet")
     fiq = images[images.source == "fashioniq"]
-    assert len(fiq) and all(p.startswith("data/raw/fashioniq/") for p in fiq.path)
+    assert len(fiq) and all(p.startswith("data/downloaded/fashioniq/") for p in fiq.path)
     assert "download_fashioniq" not in snakemake(workflow_copy, "-n", "data/manifest/images.parquet", *args).stdout

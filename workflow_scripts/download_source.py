@@ -6,7 +6,7 @@ download_report.json in it (images of an image list that could not be fetched ar
 Example:
     python workflow_scripts/download_source.py --source fashioniq \\
         --entries '[{"url": "https://example.org/cap.val.json", "sha256": "...", "path": "captions/cap.val.json"}]' \\
-        --partial-dir data/downloads --out data/raw/fashioniq
+        --partial-dir data/downloads --out data/downloaded/fashioniq
 """
 
 import argparse
