@@ -77,7 +77,7 @@ rule auto_annotate:
 rule table2:
     input:
         sample=QUALITY_SAMPLE,
-        annotations=quality_annotations(),
+        annotations=lambda wildcards: quality_annotations(),
     output:
         md=report(TABLE2, caption="../report/table2.rst", category="Tables"),
         csv=TABLE2.replace(".md", ".csv"),

@@ -286,3 +286,13 @@ def test_a_bad_source_root_fails_with_a_clear_message(tmp_path):
     assert proc.returncode == 2
     assert "check sources.fashion200k.root" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_table2_on_real_data_needs_score_files_and_says_so(workflow_copy, shared_fashioniq):
+    real = {"sources": {"fashion200k": {"enabled": False}, "deepfashion_mm": {"enabled": False},
+                        "fashioniq": {"root": str(shared_fashioniq)}}}  # fmt: skip
+    (workflow_copy / "real.yaml").write_text(yaml.safe_dump(real))
+    everything = snakemake(workflow_copy, "-n", "all", "--configfile", "real.yaml")
+    assert "rule quality_kit:" in everything.stdout and "rule table2:" not in everything.stdout  # the kit, for people
+    table2 = snakemake(workflow_copy, "-n", "results/tables/table2.md", "--configfile", "real.yaml", check=False)
+    assert table2.returncode != 0 and "list their exported CSVs in quality.annotations" in table2.stdout + table2.stderr
