@@ -36,6 +36,14 @@ TABLE2_REPORTED = [
 REPORTED = "reported by the paper"
 
 
+SAMPLE_ITEMS = "items.csv"
+
+
+def read_sample(folder: str | os.PathLike[str]) -> pd.DataFrame:
+    """The items of a quality sample folder (all columns as text)."""
+    return pd.read_csv(Path(folder) / SAMPLE_ITEMS, dtype=str, keep_default_na=False)
+
+
 class AnnotationError(BadInputError):
     """A score file that cannot be used: names the file and the row."""
 

@@ -64,9 +64,28 @@ WORKFLOW_FILES = [
 ]
 
 
+def python_first_env(base: dict[str, str] | None = None, *before: str | os.PathLike[str]) -> dict[str, str]:
+    """Rules call `python`: it must be this interpreter's environment, as after `make` or an activation
+    (``before``: folders to put ahead of it, such as a wrapper's)."""
+    base = dict(os.environ if base is None else base)
+    return {
+        **base,
+        "PATH": os.pathsep.join([*map(str, before), str(Path(sys.executable).parent), base.get("PATH", "")]),
+    }
+
+
+def require_service(reason: str | None) -> None:
+    """A test that needs a system service or program: skipped with the reason where it is missing,
+    but failed under CI (CI=true), where .ci/run installs everything."""
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run this test, but: {reason}")
+    pytest.skip(reason)
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    # Rules call `python`: it must be this interpreter's environment, as after `make` or an activation.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = python_first_env()
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=900, env=env
     )

@@ -4,7 +4,6 @@ validation of score files, the agreement statistic and the automatic annotator."
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from fashionblip2.quality import (
     stratified_indices,
 )
 from fashionblip2.quality_auto import Claim, noisy_annotator, read_claims, score_triplet
-from tests.conftest import REPO
+from tests.conftest import REPO, require_service
 
 HOSTILE = 'is red </script><script>window.pwned=1</script> & <b>"bold"</b>'
 
@@ -199,10 +198,7 @@ def chromium_driver(downloads: Path, profile: Path):
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not reason and not (chromium and driver):
         reason = "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the browser test, but {reason}")
-        pytest.skip(reason)
+    require_service(reason)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

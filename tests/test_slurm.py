@@ -7,7 +7,6 @@ start fails the test with the reason; elsewhere the test is skipped with the rea
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import snakemake
+from tests.conftest import python_first_env, require_service, snakemake
 from tests.slurm_cluster import SlurmCluster, missing_requirements
 
 TARGET = "results/tables/table1.md"
@@ -36,19 +35,13 @@ SUBMITTED = ["synthetic_world", "manifest", "embed", "embeddings", "pair", "capt
 
 @pytest.fixture
 def slurm_cluster(tmp_path_factory):
-    reason = missing_requirements()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the SLURM test, but: {reason}")
-        pytest.skip(reason)
+    require_service(missing_requirements())
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
     try:
         cluster.start()
     except Exception as error:  # noqa: BLE001 - the reason is the message
         cluster.stop()
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"a SLURM cluster could not start here: {error}")
+        require_service(f"a SLURM cluster could not start here: {error}")
     yield cluster
     cluster.stop()
 
@@ -69,8 +62,7 @@ def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(slurm
     on_slurm = copy_workflow(workflow_copy, tmp_path / "on_slurm")
     (on_slurm / "cluster.yaml").write_text(yaml.safe_dump({"cluster": {"partition": "cpu", "gpu_partition": "gpu"}}))
     # Jobs inherit this environment: the project's python first on PATH, and the cluster's config.
-    env = {**slurm_cluster.env}
-    env["PATH"] = f"{slurm_cluster.bin}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = python_first_env(slurm_cluster.env, slurm_cluster.bin)
     args = [
         sys.executable, "-m", "snakemake", "--profile", "slurm", TARGET,
         "--configfile", "config/presets/test.yaml", "cluster.yaml",

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from fashionblip2.store import remote_url, resolve_tracked, tracked_outputs
-from tests.conftest import REPO, WORKFLOW_FILES, snakemake
+from tests.conftest import REPO, WORKFLOW_FILES, python_first_env, snakemake
 
 PRESET = ["--configfile", "config/presets/test.yaml", "store.yaml"]
 DATASET_RULES = {"synthetic_world", "manifest", "embed", "embeddings", "pair", "caption", "captions", "modify",
@@ -28,10 +28,9 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def store(cwd: Path, action: str) -> subprocess.CompletedProcess:
-    # The touch step runs Snakemake, whose rules call `python`: this environment's.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # The touch step runs Snakemake, whose rules call `python`.
     cmd = [sys.executable, "-m", "fashionblip2.cli", "store", action, "--configfile", *PRESET[1:]]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=python_first_env())
 
 
 def planned_rules(dry_run: subprocess.CompletedProcess) -> set[str]:

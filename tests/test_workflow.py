@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from snakemake.utils import validate
 
-from tests.conftest import REPO, snakemake
+from tests.conftest import REPO, python_first_env, snakemake
 
 # Rules allowed to read the synthetic world's ground truth (evaluation only).
 GROUND_TRUTH_READERS: set[str] = {"auto_annotate"}
@@ -178,7 +177,7 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(workflow_copy):
         "training:\n  stage1: {steps: 400, batch_size: 4, lr: 5.0e-4, warmup_steps: 1, checkpoint_every: 5}\n"
     )
     args = ["--cores", "2", "models/stage1/cir_mh", "--configfile", "config/presets/test.yaml", "long.yaml"]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = python_first_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", *args],
         cwd=workflow_copy,

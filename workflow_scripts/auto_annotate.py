@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.io import atomic_directory  # noqa: E402
+from fashionblip2.quality import read_sample  # noqa: E402
 from fashionblip2.quality_auto import automatic_scores, noisy_annotator  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output folder: auto-<k>.csv")
     args = parser.parse_args()
     setup_logging()
-    items = pd.read_csv(Path(args.sample) / "items.csv", dtype=str, keep_default_na=False)
+    items = read_sample(args.sample)
     scores = automatic_scores(items, pd.read_parquet(args.ground_truth), pd.read_parquet(args.manifest))
     with atomic_directory(args.out) as tmp:
         for k in range(1, args.annotators + 1):

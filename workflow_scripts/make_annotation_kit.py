@@ -21,6 +21,7 @@ from fashionblip2.annotation_kit import write_kit  # noqa: E402
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.io import atomic_directory  # noqa: E402
 from fashionblip2.manifest import manifest_paths  # noqa: E402
+from fashionblip2.quality import read_sample  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args()
     setup_logging()
-    items = pd.read_csv(Path(args.sample) / "items.csv", dtype=str, keep_default_na=False)
+    items = read_sample(args.sample)
     paths = manifest_paths(pd.read_parquet(args.manifest))
     with atomic_directory(args.out) as tmp:
         write_kit(items, paths, tmp, args.annotators, args.seed, args.image_size)

@@ -25,7 +25,7 @@ from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.io import atomic_directory, write_json_atomic  # noqa: E402
 from fashionblip2.manifest import manifest_paths  # noqa: E402
 from fashionblip2.provenance import provenance  # noqa: E402
-from fashionblip2.quality import build_sample, collect_triplets  # noqa: E402
+from fashionblip2.quality import SAMPLE_ITEMS, build_sample, collect_triplets  # noqa: E402
 from fashionblip2.report import InputReport  # noqa: E402
 
 log = logging.getLogger("make_quality_sample")
@@ -61,7 +61,7 @@ def main() -> None:
             for role, image_id in (("reference", item.reference_id), ("target", item.target_id)):
                 source = Path(paths[image_id])
                 shutil.copyfile(source, tmp / "images" / f"{item.item_id}_{role}{source.suffix.lower()}")
-        items.to_csv(tmp / "items.csv", index=False)
+        items.to_csv(tmp / SAMPLE_ITEMS, index=False)
         counts = items.groupby(["dataset", "category"]).size()
         write_json_atomic(
             tmp / "report.json",

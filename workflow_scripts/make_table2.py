@@ -15,11 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.provenance import provenance  # noqa: E402
-from fashionblip2.quality import quality_table, read_annotations  # noqa: E402
+from fashionblip2.quality import quality_table, read_annotations, read_sample  # noqa: E402
 from fashionblip2.tables import write_table  # noqa: E402
 
 
@@ -41,7 +40,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output stem: writes <stem>.md and <stem>.csv")
     args = parser.parse_args()
     setup_logging()
-    items = pd.read_csv(Path(args.sample) / "items.csv", dtype=str, keep_default_na=False)
+    items = read_sample(args.sample)
     files = expand(args.annotations)
     scores = read_annotations(files, items)
     origin = f"this run ({args.data} data)"
