@@ -20,10 +20,13 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a script's main; a bad input ends it with its message and exit status 2, not a traceback."""
+    """Run a script's main; a bad input (or a result cache that cannot be written) ends it with its
+    message and exit status 2, not a traceback."""
+    from fashionblip2.annotation.cache import CacheWriteError
+
     try:
         main()
-    except (BadInputError, FileExistsError) as e:
+    except (BadInputError, FileExistsError, CacheWriteError) as e:
         logging.getLogger("fashionblip2").error("%s", e)
         sys.exit(2)
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from fashionblip2.annotation.backends import APISettings, OpenAIBatch, OpenAIChat, Request
-from fashionblip2.annotation.cache import ResultCache
+from fashionblip2.annotation.cache import CacheWriteError, ResultCache
 from fashionblip2.annotation.runner import annotate
 from fashionblip2.annotation.validation import check_caption, check_modification
 from fashionblip2.manifest import build_manifest, resolve_roots
@@ -103,6 +103,32 @@ def test_every_item_completes_through_transient_faults_and_a_rerun_calls_nothing
     again = annotate(requests, backend, cache, lambda t: check_modification(t, 60), progress=False)
     assert all(o.cached and o.status == "ok" for o in again)
     assert len(server.requests()) == len(seen)  # the server saw no request for a cached item
+
+
+def test_identical_questions_in_one_run_are_asked_once(server_factory, tmp_path):
+    server = server_factory()
+    backend = OpenAIChat(settings(server, concurrency=4), with_image=False)
+    requests = modification_requests(10)
+    requests += [requests[2], requests[7], requests[2]]  # two pairs can ask the very same question
+    outcomes = annotate(requests, backend, ResultCache(tmp_path / "c"), lambda t: None, progress=False)
+    assert [o.status for o in outcomes] == ["ok"] * 13
+    assert outcomes[10].text == outcomes[12].text == outcomes[2].text and outcomes[11].text == outcomes[7].text
+    assert len(server.requests()) == 10 and len({r["item"] for r in server.requests()}) == 10
+
+
+def test_a_cache_that_fails_mid_run_stops_it_and_no_question_is_asked_twice(server_factory, tmp_path):
+    """The answers' folders cannot be made (each is taken by a file), though the cache folder itself is
+    writable: the first answer's write fails, and the run stops instead of failing the item and asking again."""
+    server = server_factory()
+    root = tmp_path / "cache"
+    root.mkdir()
+    for prefix in range(256):
+        (root / f"{prefix:02x}").write_text("")
+    backend = OpenAIChat(settings(server, concurrency=4), with_image=False)
+    with pytest.raises(CacheWriteError, match=f"result cache {root} "):
+        annotate(modification_requests(64), backend, ResultCache(root), lambda t: None, progress=False)
+    seen = server.requests()
+    assert 1 <= len(seen) <= 64 and len({r["item"] for r in seen}) == len(seen)
 
 
 def test_retry_after_is_honoured(server_factory, tmp_path):
@@ -245,6 +271,18 @@ def test_a_killed_shard_resumes_and_pays_only_for_what_was_not_cached(server_fac
     for path in [log, out, *cache.rglob("*")]:
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_an_unwritable_cache_folder_stops_the_shard_before_any_request(server_factory, caption_inputs, tmp_path):
+    manifest, pairs, _ = caption_inputs
+    server = server_factory()
+    (tmp_path / "taken").write_text("a file where the cache folder should be")
+    cache, out = tmp_path / "taken" / "cache", tmp_path / "captions.parquet"
+    proc = subprocess.run(
+        caption_command(api_stage(server), manifest, pairs, cache, out), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and f"result cache {cache} " in proc.stderr and "Traceback" not in proc.stderr
+    assert server.requests() == [] and not out.exists()
 
 
 def test_a_missing_api_key_is_a_clear_error(tmp_path, caption_inputs):

@@ -132,13 +132,15 @@ class MetadataCaptioner:
 
     def generate(self, requests: list[Request], on_result: OnResult) -> None:
         for i, r in enumerate(requests):
+            text, error = None, None
             try:
                 attrs = find_attributes(
                     " ".join([r.extra.get("product_text", ""), " ".join(r.extra.get("attributes", {}).values())])
                 )
-                on_result(i, _describe(r.extra["category"], attrs, garment_colours(r.extra["path"])), None)
+                text = _describe(r.extra["category"], attrs, garment_colours(r.extra["path"]))
             except Exception as e:  # noqa: BLE001 - one bad image must not stop the shard
-                on_result(i, None, f"{type(e).__name__}: {e}")
+                error = f"{type(e).__name__}: {e}"
+            on_result(i, text, error)  # outside the try: a cache write error must stop the run
 
 
 _ORDERS = {
@@ -263,24 +265,23 @@ class OpenAIChat:
             asyncio.run(self._generate(requests, on_result))
 
     async def _generate(self, requests: list[Request], on_result: OnResult) -> None:
-        import openai
-
         limit = asyncio.Semaphore(self.settings.concurrency)
         async with self.client() as client:
 
             async def one(i: int, r: Request) -> None:
                 async with limit:
+                    text, error = None, None
                     try:
                         # The client's low-level post keeps its retries (backoff, Retry-After) but skips
                         # the typed request transform and reply models, which cost milliseconds a call.
                         raw = await client.post("/chat/completions", body=self.body(r), cast_to=str)
                         choices = json.loads(raw).get("choices") or [{}]
                         text = choices[0].get("message", {}).get("content")
-                        on_result(i, text, None if text else "empty content")
-                    except openai.APIError as e:
-                        on_result(i, None, f"{type(e).__name__}: {_short(e)}")
-                    except Exception as e:  # noqa: BLE001 - a malformed reply fails this item only
-                        on_result(i, None, f"{type(e).__name__}: {_short(e)}")
+                        error = None if text else "empty content"
+                    except Exception as e:  # noqa: BLE001 - an API error or a malformed reply fails this item only
+                        error = f"{type(e).__name__}: {_short(e)}"
+                # Outside the try: storing a paid answer must never fail as an item (it would be asked again).
+                on_result(i, text, error)
 
             await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
 

@@ -31,6 +31,10 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+class CacheWriteError(RuntimeError):
+    """A paid answer could not be stored. Never an item failure: asking again would pay again."""
+
+
 class ResultCache:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
@@ -44,7 +48,7 @@ class ResultCache:
     def get(self, key: str) -> dict[str, Any] | None:
         try:
             value = json.loads(self._path(key).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
             return None
         self.hits += 1
         return value
@@ -52,18 +56,42 @@ class ResultCache:
     def __contains__(self, key: str) -> bool:
         return self._path(key).exists()
 
+    def check_writable(self) -> None:
+        """Store and remove a probe answer, so that an unwritable folder stops a run before it pays."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise self._write_error(self.root, e) from e
+
     def put(self, key: str, value: dict[str, Any]) -> None:
+        """Store an answer atomically; any failure is a :class:`CacheWriteError` naming the folder."""
         path = self._path(key)
-        if key[:2] not in self._made:  # one mkdir per prefix folder, not per answer
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(key[:2])
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+        try:
+            if key[:2] not in self._made:  # one mkdir per prefix folder, not per answer
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(key[:2])
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+        except OSError as e:
+            raise self._write_error(path, e) from e
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(json.dumps(value, sort_keys=True, ensure_ascii=False))
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)  # readers see the whole answer or none
+        except OSError as e:
+            Path(tmp).unlink(missing_ok=True)
+            raise self._write_error(path, e) from e
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         self.stores += 1
+
+    def _write_error(self, path: Path, cause: OSError) -> CacheWriteError:
+        return CacheWriteError(
+            f"cannot store an answer in the result cache {self.root} ({path}: "
+            f"{cause.strerror or type(cause).__name__}): stopped so that no answer is paid for and lost; "
+            "make the folder writable (annotation.cache_dir) and rerun: stored answers are not asked again"
+        )

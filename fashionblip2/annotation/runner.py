@@ -34,50 +34,69 @@ def annotate(
     *,
     desc: str = "annotating",
     progress: bool = True,
+    second_chance: Callable[[], bool] = lambda: True,
 ) -> list[Outcome]:
-    """An outcome per request. Cached answers are reused without a call; new answers are checked,
-    a rejected one is asked once more, and only accepted answers are stored in the cache."""
+    """An outcome per request. Cached answers are reused without a call; identical questions are
+    asked once; new answers are checked, a rejected one is asked once more (when ``second_chance()``
+    allows it), and only accepted answers are stored in the cache, before anything else happens.
+
+    A cache that cannot be written raises :class:`~fashionblip2.annotation.cache.CacheWriteError`:
+    checked before the first question, and again at each answer."""
     keys = [request_key(backend.name, backend.model, r.keyed) for r in requests]
     outcomes: list[Outcome | None] = [None] * len(requests)
-    pending = []
+    same: dict[str, list[int]] = {}  # key -> every request asking that question, the first one is asked
     for i, key in enumerate(keys):
         hit = cache.get(key)
         if hit is not None:
             outcomes[i] = Outcome(key, hit["text"], "ok", "", True)
         else:
-            pending.append(i)
+            same.setdefault(key, []).append(i)
+    pending = [indices[0] for indices in same.values()]
+    waiting = sum(len(v) for v in same.values())
     log.info(
-        "%s: %d requests, %d answered from the cache, %d to ask",
+        "%s: %d requests, %d answered from the cache, %d to ask (%d distinct questions)",
         desc,
         len(requests),
-        len(requests) - len(pending),
+        len(requests) - waiting,
+        waiting,
         len(pending),
     )
+    if pending:
+        cache.check_writable()
     bar = tqdm(total=len(pending), desc=desc, unit="req", disable=not progress or not pending)
 
-    def ask(indices: list[int], last_try: bool) -> list[int]:
-        rejected: list[int] = []
+    def settle(i: int, text: str | None, status: str, reason: str) -> None:
+        first, *others = same[keys[i]]
+        outcomes[first] = Outcome(keys[i], text, status, reason, False)
+        for j in others:  # the same question asked once: the others share its answer without a call
+            outcomes[j] = Outcome(keys[i], text, status, reason, status == "ok")
+        bar.update(1)
+
+    def ask(indices: list[int], last_try: bool) -> dict[int, tuple[str | None, str]]:
+        rejected: dict[int, tuple[str | None, str]] = {}
 
         def on_result(j: int, text: str | None, error: str | None) -> None:
             i = indices[j]
             reason = error or check(text)
             if reason is None:
                 cache.put(keys[i], {"text": text, "backend": backend.name, "model": backend.model})
-                outcomes[i] = Outcome(keys[i], text, "ok", "", False)
-                bar.update(1)
+                settle(i, text, "ok", "")
             elif last_try:
-                outcomes[i] = Outcome(keys[i], text, "failed", reason, False)
-                bar.update(1)
+                settle(i, text, "failed", reason)
             else:
-                rejected.append(i)
+                rejected[i] = (text, reason)
 
         backend.generate([requests[i] for i in indices], on_result)
         return rejected
 
     retry = ask(pending, last_try=False)
-    if retry:
+    if retry and second_chance():
         log.info("%s: %d answer(s) rejected or failed, asking once more", desc, len(retry))
-        ask(retry, last_try=True)
+        ask(list(retry), last_try=True)
+    elif retry:
+        log.warning("%s: %d answer(s) rejected or failed; no time left to ask again here", desc, len(retry))
+        for i, (text, reason) in retry.items():
+            settle(i, text, "failed", reason)
     bar.close()
     for i, o in enumerate(outcomes):  # a backend that skipped an item must not make it vanish
         if o is None:
