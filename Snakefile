@@ -2,6 +2,8 @@
 # FashionBLIP-2 on it. `snakemake --cores 2 all` runs the embedded default (a synthetic world).
 from snakemake.utils import min_version, validate
 
+from fashionblip2.config import check_paths
+
 min_version("9.0")
 
 
@@ -9,6 +11,9 @@ configfile: "config.yaml"
 
 
 validate(config, "config/schema.yaml")
+# Every path the config names, checked before the first job starts (a GPU job must never be the one
+# to find a typo): the message names the config key.
+check_paths(config)
 
 
 report: "report/workflow.rst"

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from fashionblip2.report import BadInputError
+from fashionblip2.report import BadInputError, StopRun
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -22,11 +22,9 @@ def setup_logging(verbose: bool = False) -> None:
 def run_main(main: Callable[[], None]) -> None:
     """Run a script's main; a bad input (or a result cache that cannot be written) ends it with its
     message and exit status 2, not a traceback."""
-    from fashionblip2.annotation.cache import CacheWriteError
-
     try:
         main()
-    except (BadInputError, FileExistsError, CacheWriteError) as e:
+    except (BadInputError, StopRun, FileExistsError) as e:
         logging.getLogger("fashionblip2").error("%s", e)
         sys.exit(2)
 
@@ -56,8 +54,14 @@ def selected_images(args: argparse.Namespace):
 def add_training_run_arguments(parser: argparse.ArgumentParser) -> None:
     """What every training script takes: the run's settings, where its checkpoint goes, the threads
     it may use, provenance, and the output folder."""
-    parser.add_argument("--run", default="{}", help="JSON: steps, batch_size, lr, warmup_steps, micro_batch_size, ...")
-    parser.add_argument("--training", default="{}", help="JSON: seed, device, precision, gradient_checkpointing")
+    parser.add_argument(
+        "--run", default="{}", help="JSON: what changes the model: steps, batch_size, lr, ..., seed, precision"
+    )
+    parser.add_argument(
+        "--training",
+        default="{}",
+        help="JSON: how it runs, not what it learns: device, gradient_checkpointing, cache_image_features",
+    )
     parser.add_argument("--checkpoints", required=True, help="checkpoint folder (kept until the run is complete)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (the rule's threads)")
     parser.add_argument("--data", default="synthetic", help="synthetic or real: recorded in training.json")

@@ -22,6 +22,11 @@ class BadInputError(ValueError):
     """An input problem that stops the run (strict mode, or a user mistake such as a bad column)."""
 
 
+class StopRun(RuntimeError):
+    """A condition that must stop a job with its message (a result cache that cannot be written, too
+    many failed answers): the workflow scripts exit non-zero, so Snakemake stops and keeps no output."""
+
+
 @dataclass(frozen=True)
 class InputIssue:
     source: str

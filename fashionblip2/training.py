@@ -62,9 +62,13 @@ class TrainConfig:
             raise ValueError(f"precision must be fp32 or bf16, not {self.precision!r}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
+    # How a run is computed, not what it computes: a job may move to another device (or turn
+    # gradient checkpointing on to fit it) and still resume its checkpoint.
+    RUNTIME_FIELDS = ("device", "gradient_checkpointing")
+
     def resume_key(self) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed (the device may change: a job can move)."""
-        return {k: v for k, v in asdict(self).items() if k != "device"} | {"betas": list(self.betas)}
+        """What must match for a checkpoint to be resumed."""
+        return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS} | {"betas": list(self.betas)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -166,7 +170,7 @@ def train(
     step = 0
     if (out / CHECKPOINT).exists():
         state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
-        if {k: v for k, v in state["config"].items() if k != "device"} != cfg.resume_key():
+        if {k: v for k, v in state["config"].items() if k not in cfg.RUNTIME_FIELDS} != cfg.resume_key():
             raise TrainingError(
                 f"{out / CHECKPOINT} was written with another training config; "
                 "use a new output folder or the same config"

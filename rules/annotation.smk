@@ -1,12 +1,28 @@
 # Stage: two-stage annotation (paper §3.1), then FACap, enhFashionIQ and Table 1.
 # Every model answer goes through the result cache (annotation.cache_dir): nothing is paid twice.
+# Params carry only the settings that change the answers; how a job runs (concurrency, timeouts,
+# the failure limit, the cache folder) are run_only params (rules/common.smk).
 
 
 # Seconds of work on small files: on a cluster they run in the main Snakemake process, not as jobs.
 localrules:
-    captions,
-    modifications,
+    gather_captions,
+    gather_modifications,
     table1,
+
+
+# A job of an API backend waits on the network, not on a node: under a cluster profile it runs in
+# the Snakemake process, where the internet is (annotation.api_jobs: cluster sends it to the nodes).
+if api_jobs_local("caption"):
+
+    localrules:
+        caption,
+
+
+if api_jobs_local("modification"):
+
+    localrules:
+        modify,
 
 
 rule caption:
@@ -14,15 +30,18 @@ rule caption:
         manifest=MANIFEST,
         pairs=PAIRS,
         prompt=config["annotation"]["caption"]["prompt"],
+        model=captioner_folder(),
     output:
         CAPTION_SHARD,
     params:
         shards=config["annotation"]["shards"],
-        settings=json.dumps(config["annotation"]["caption"], sort_keys=True),
-        prices=json.dumps(config["annotation"]["prices"], sort_keys=True),
-        cache=config["annotation"]["cache_dir"],
+        settings=as_json(annotation_answer_settings(config, "caption")),
+        run_settings=run_only(RUN["caption"]),
+        prices=run_only(RUN["prices"]),
+        cache=run_only(config["annotation"]["cache_dir"]),
     log:
-        "logs/annotation/caption_{shard}.log",
+        run="logs/annotation/caption_{shard}.log",
+        failures="logs/annotation/caption_{shard}_failures.tsv",
     conda:
         "../envs/vlm.yaml"
     threads: rule_resources("caption", "threads", 1)
@@ -30,24 +49,25 @@ rule caption:
         **cluster_resources("caption", runtime=60, mem_mb=8000, gpu=0),
     shell:
         "python workflow_scripts/annotate.py --stage caption --shard {wildcards.shard} --shards {params.shards}"
-        " --settings {params.settings:q} --prices {params.prices:q} --prompt {input.prompt}"
-        " --manifest {input.manifest} --pairs {input.pairs} --cache {params.cache} --out {output} 2> {log}"
+        " --settings {params.settings:q} --run-settings {params.run_settings:q} --prices {params.prices:q}"
+        " --prompt {input.prompt} --manifest {input.manifest} --pairs {input.pairs}"
+        " --cache {params.cache:q} --failures {log.failures} --out {output} 2> {log.run}"
 
 
-rule captions:
+rule gather_captions:
     input:
         annotation_shards(CAPTION_SHARD),
     output:
         captions=CAPTIONS,
         report=CAPTIONS_REPORT,
     params:
-        settings=json.dumps(config["annotation"]["caption"], sort_keys=True),
+        settings=as_json(annotation_answer_settings(config, "caption")),
     log:
         "logs/annotation/captions.log",
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("captions", runtime=10, mem_mb=4000),
+        **cluster_resources("gather_captions", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
         " --out {output.captions} --report {output.report} 2> {log}"
@@ -62,11 +82,13 @@ rule modify:
         MODIFICATION_SHARD,
     params:
         shards=config["annotation"]["shards"],
-        settings=json.dumps(config["annotation"]["modification"], sort_keys=True),
-        prices=json.dumps(config["annotation"]["prices"], sort_keys=True),
-        cache=config["annotation"]["cache_dir"],
+        settings=as_json(annotation_answer_settings(config, "modification")),
+        run_settings=run_only(RUN["modification"]),
+        prices=run_only(RUN["prices"]),
+        cache=run_only(config["annotation"]["cache_dir"]),
     log:
-        "logs/annotation/modify_{shard}.log",
+        run="logs/annotation/modify_{shard}.log",
+        failures="logs/annotation/modify_{shard}_failures.tsv",
     conda:
         "../envs/llm.yaml"
     threads: rule_resources("modify", "threads", 1)
@@ -74,24 +96,25 @@ rule modify:
         **cluster_resources("modify", runtime=60, mem_mb=4000),
     shell:
         "python workflow_scripts/annotate.py --stage modification --shard {wildcards.shard} --shards {params.shards}"
-        " --settings {params.settings:q} --prices {params.prices:q} --prompt {input.prompt}"
-        " --pairs {input.pairs} --captions {input.captions} --cache {params.cache} --out {output} 2> {log}"
+        " --settings {params.settings:q} --run-settings {params.run_settings:q} --prices {params.prices:q}"
+        " --prompt {input.prompt} --pairs {input.pairs} --captions {input.captions}"
+        " --cache {params.cache:q} --failures {log.failures} --out {output} 2> {log.run}"
 
 
-rule modifications:
+rule gather_modifications:
     input:
         annotation_shards(MODIFICATION_SHARD),
     output:
         modifications=MODIFICATIONS,
         report=MODIFICATIONS_REPORT,
     params:
-        settings=json.dumps(config["annotation"]["modification"], sort_keys=True),
+        settings=as_json(annotation_answer_settings(config, "modification")),
     log:
         "logs/annotation/modifications.log",
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("modifications", runtime=10, mem_mb=4000),
+        **cluster_resources("gather_modifications", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
         " --out {output.modifications} --report {output.report} 2> {log}"
@@ -106,9 +129,8 @@ rule facap:
         directory(FACAP),
     params:
         sources=json.dumps(config["facap"]["sources"]),
-        annotation=json.dumps(config["annotation"], sort_keys=True),
-        data=data_kind(),
-        run_name=config["run_name"],
+        annotation=as_json(annotation_answers()),
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/annotation/facap.log",
     conda:
@@ -118,7 +140,7 @@ rule facap:
     shell:
         "python workflow_scripts/assemble_datasets.py facap --pairs {input.pairs} --captions {input.captions}"
         " --modifications {input.modifications} --sources {params.sources:q} --annotation {params.annotation:q}"
-        " --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+        " {params.provenance} --out {output} 2> {log}"
 
 
 rule enhfashioniq:
@@ -130,9 +152,8 @@ rule enhfashioniq:
         directory(ENHFASHIONIQ),
     params:
         fashioniq_root=fashioniq_root(),
-        annotation=json.dumps(config["annotation"], sort_keys=True),
-        data=data_kind(),
-        run_name=config["run_name"],
+        annotation=as_json(annotation_answers()),
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/annotation/enhfashioniq.log",
     conda:
@@ -142,7 +163,7 @@ rule enhfashioniq:
     shell:
         "python workflow_scripts/assemble_datasets.py enhfashioniq --pairs {input.pairs}"
         " --modifications {input.modifications} --fashioniq-root {params.fashioniq_root}"
-        " --annotation {params.annotation:q} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+        " --annotation {params.annotation:q} {params.provenance} --out {output} 2> {log}"
 
 
 rule table1:
@@ -155,8 +176,7 @@ rule table1:
     params:
         stem=subpath(output.md, strip_suffix=".md"),
         fashioniq_root=fashioniq_root(),
-        data=data_kind(),
-        run_name=config["run_name"],
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/tables/table1.log",
     conda:
@@ -165,4 +185,4 @@ rule table1:
         **cluster_resources("table1", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/make_table1.py --facap {input.facap} --fashioniq-root {params.fashioniq_root}"
-        " --data {params.data} --run-name {params.run_name} --out {params.stem} 2> {log}"
+        " {params.provenance} --out {params.stem} 2> {log}"

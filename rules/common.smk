@@ -1,6 +1,16 @@
 # Paths, input functions and config helpers shared by every rule file (no rules here).
 import json
 import os
+import shlex
+
+from fashionblip2.config import (
+    annotation_answer_settings,
+    annotation_run_settings,
+    as_json,
+    training_result_settings,
+    training_run_settings,
+    uses_api,
+)
 
 SYNTHETIC_WORLD = "data/synthetic/world"
 # A source whose root is "download" is fetched here from the URLs in downloads.files.<source>.
@@ -44,7 +54,6 @@ TABLES = {n: f"results/tables/table{n}.md" for n in (3, 4, 5)}
 FIGURE5 = "results/figures/figure5.png"
 FIGURE6 = "results/figures/figure6.png"
 EVAL_DATASETS = ["fashioniq", "enhfashioniq"]
-
 
 
 def enabled_sources():
@@ -249,10 +258,6 @@ def stage2_start(wildcards):
     return f"models/stage1/{wildcards.variant}" if has_facap_stage(wildcards.variant) else backbone_dir()
 
 
-def checkpoint_dir(stage):
-    return os.path.join(config["training"]["checkpoint_dir"], stage, "{variant}")
-
-
 def evaluation(stage, variant, dataset="fashioniq"):
     return EVALUATION.format(stage=stage, variant=variant, dataset=dataset)
 
@@ -291,6 +296,13 @@ def table_inputs(number):
     return evaluations("stage1", ex["table5"]) + evaluations("stage2", ex["table5"])
 
 
+def table_variants(wildcards):
+    """The variants' settings a table prints (Table 5's rows): only those, so that editing another
+    variant leaves the table alone."""
+    names = config["experiments"]["table5"] if wildcards.number == "5" else []
+    return as_json({name: variants()[name] for name in names})
+
+
 def search_index():
     return SEARCH_INDEX.format(stage=config["search"]["stage"], variant=config["search"]["variant"])
 
@@ -304,3 +316,43 @@ def all_targets():
     return [MANIFEST, MANIFEST_TRIPLETS, MANIFEST_REPORT, MANIFEST_ISSUES, EMBEDDINGS_REPORT, PAIRS, PAIRS_REPORT,
             CAPTIONS_REPORT, MODIFICATIONS_REPORT, FACAP, ENHFASHIONIQ, TABLE1, *quality_targets(),
             *experiment_targets()]
+
+
+def api_jobs_local(stage):
+    """Whether a stage's jobs call a remote API and must run where the internet is (a local rule)."""
+    return uses_api(config, stage) and config["annotation"]["api_jobs"] == "local"
+
+
+def captioner_folder():
+    """The local VLM folder of the transformers captioner: an input, so a new model reruns the captions."""
+    section = config["annotation"]["caption"]
+    return section["model_path"] if section["backend"] == "transformers" else []
+
+
+def annotation_answers():
+    """What the data cards record of each annotation stage: the settings that made its answers."""
+    return {stage: annotation_answer_settings(config, stage) for stage in ("caption", "modification")}
+
+
+def run_only(value):
+    """A param that changes how a job runs, never what it writes (the device, GPUs, concurrency,
+    timeouts, the run's label, where checkpoints go). Snakemake reruns a job when its params change,
+    except params derived from its resources, which follow where and how the job runs: so these
+    are given as such a function, and editing them reruns nothing (fashionblip2/config.py says
+    which settings are which; tests/test_workflow.py checks the reruns)."""
+    return lambda wildcards, resources: value
+
+
+RUN = {
+    "provenance": f"--data {data_kind()} --run-name {shlex.quote(config['run_name'])}",
+    "caption": as_json(annotation_run_settings(config, "caption")),
+    "modification": as_json(annotation_run_settings(config, "modification")),
+    "prices": as_json(config["annotation"]["prices"]),
+    "embed": "--device {device} --batch-size {batch_size} --workers {loader_workers}".format(**config["embedding"]),
+    "evaluation": "--device {device} --batch-size {batch_size}".format(**config["evaluation"]),
+    "training": as_json(training_run_settings(config)),
+    "launcher": {name: launcher(name) for name in ("pretrain", "train_stage1", "train_stage2")},
+    "checkpoints": {
+        name: os.path.join(config["training"]["checkpoint_dir"], name) for name in ("backbone", "stage1", "stage2")
+    },
+}

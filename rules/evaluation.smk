@@ -14,11 +14,9 @@ rule evaluate:
     params:
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["evaluation"]["categories"]),
-        device=config["evaluation"]["device"],
-        batch_size=config["evaluation"]["batch_size"],
         out_dir="results/eval/{stage}/{variant}",
-        data=data_kind(),
-        run_name=config["run_name"],
+        run_options=run_only(RUN["evaluation"]),
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/evaluation/{stage}_{variant}.log",
     conda:
@@ -29,8 +27,8 @@ rule evaluate:
     shell:
         "python workflow_scripts/evaluate_model.py --model {input.model} --manifest {input.manifest}"
         " --fashioniq-root {params.fashioniq_root} --enhfashioniq {input.enhfashioniq}"
-        " --categories {params.categories:q} --device {params.device} --batch-size {params.batch_size}"
-        " --threads {threads} --data {params.data} --run-name {params.run_name} --out-dir {params.out_dir} 2> {log}"
+        " --categories {params.categories:q} {params.run_options} --threads {threads} {params.provenance}"
+        " --out-dir {params.out_dir} 2> {log}"
 
 
 rule search_index:
@@ -42,8 +40,7 @@ rule search_index:
     params:
         sources=json.dumps(config["search"]["gallery_sources"]),
         splits=json.dumps(config["search"]["gallery_splits"]),
-        device=config["evaluation"]["device"],
-        batch_size=config["evaluation"]["batch_size"],
+        run_options=run_only(RUN["evaluation"]),
     log:
         "logs/evaluation/search_index_{stage}_{variant}.log",
     conda:
@@ -53,5 +50,5 @@ rule search_index:
         **cluster_resources("search_index", runtime=60, mem_mb=16000, gpu=0),
     shell:
         "python workflow_scripts/build_search_index.py --model {input.model} --manifest {input.manifest}"
-        " --sources {params.sources:q} --splits {params.splits:q} --device {params.device}"
-        " --batch-size {params.batch_size} --threads {threads} --out {output} 2> {log}"
+        " --sources {params.sources:q} --splits {params.splits:q} {params.run_options} --threads {threads}"
+        " --out {output} 2> {log}"

@@ -4,6 +4,7 @@
 rule embed:
     input:
         manifest=MANIFEST,
+        checkpoint=config["embedding"]["pretrained"] or [],
     output:
         EMBEDDING_SHARD,
     params:
@@ -12,11 +13,9 @@ rule embed:
         fashioniq_splits=json.dumps(config["pairing"]["fashioniq_splits"]),
         model=config["embedding"]["model"],
         pretrained=config["embedding"]["pretrained"],
-        device=config["embedding"]["device"],
         precision=config["embedding"]["precision"],
-        batch_size=config["embedding"]["batch_size"],
-        workers=config["embedding"]["loader_workers"],
         seed=config["pairing"]["seed"],
+        run_options=run_only(RUN["embed"]),
     log:
         "logs/pairing/embed_{shard}.log",
     conda:
@@ -28,8 +27,7 @@ rule embed:
         "OMP_NUM_THREADS={threads} python workflow_scripts/embed_images.py --manifest {input.manifest}"
         " --shard {wildcards.shard} --shards {params.shards} --sources {params.sources:q}"
         " --fashioniq-splits {params.fashioniq_splits:q} --model {params.model:q} --pretrained={params.pretrained:q}"
-        " --device {params.device} --precision {params.precision} --batch-size {params.batch_size}"
-        " --workers {params.workers} --threads {threads} --seed {params.seed} --out {output} 2> {log}"
+        " --precision {params.precision} --seed {params.seed} --threads {threads} {params.run_options} --out {output} 2> {log}"
 
 
 rule embeddings:
@@ -41,8 +39,7 @@ rule embeddings:
     params:
         model=config["embedding"]["model"],
         pretrained=config["embedding"]["pretrained"],
-        data=data_kind(),
-        run_name=config["run_name"],
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/pairing/embeddings.log",
     conda:
@@ -53,7 +50,7 @@ rule embeddings:
     shell:
         "python workflow_scripts/gather_embeddings.py --shards {input} --out {output.embeddings}"
         " --report {output.report} --model {params.model:q} --pretrained={params.pretrained:q}"
-        " --data {params.data} --run-name {params.run_name} 2> {log}"
+        " {params.provenance} 2> {log}"
 
 
 rule pair:
@@ -69,9 +66,8 @@ rule pair:
         top_k=config["pairing"]["top_k"],
         seed=config["pairing"]["seed"],
         engine=config["pairing"]["engine"],
-        block=config["pairing"]["block"],
-        data=data_kind(),
-        run_name=config["run_name"],
+        block=run_only(config["pairing"]["block"]),
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/pairing/pair.log",
     conda:
@@ -83,5 +79,5 @@ rule pair:
         "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " python workflow_scripts/pair_images.py --manifest {input.manifest} --embeddings {input.embeddings}"
         " --sources {params.sources:q} --fashioniq-splits {params.fashioniq_splits:q} --top-k {params.top_k}"
-        " --seed {params.seed} --engine {params.engine} --block {params.block} --data {params.data}"
-        " --run-name {params.run_name} --pairs {output.pairs} --report {output.report} 2> {log}"
+        " --seed {params.seed} --engine {params.engine} --block {params.block} {params.provenance}"
+        " --pairs {output.pairs} --report {output.report} 2> {log}"

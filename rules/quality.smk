@@ -14,8 +14,7 @@ rule quality_sample:
         categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
         size=config["quality"]["sample_size"],
         seed=config["quality"]["seed"],
-        data=data_kind(),
-        run_name=config["run_name"],
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/quality/sample.log",
     conda:
@@ -25,7 +24,7 @@ rule quality_sample:
     shell:
         "python workflow_scripts/make_quality_sample.py --manifest {input.manifest} {params.datasets}"
         " --fashioniq-split {params.split} --categories {params.categories:q} --size {params.size}"
-        " --seed {params.seed} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+        " --seed {params.seed} {params.provenance} --out {output} 2> {log}"
 
 
 rule quality_kit:
@@ -85,8 +84,7 @@ rule table2:
     params:
         stem=subpath(output.md, strip_suffix=".md"),
         automatic="--automatic" if uses_automatic_annotators() else "",
-        data=data_kind(),
-        run_name=config["run_name"],
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/tables/table2.log",
     conda:
@@ -95,4 +93,4 @@ rule table2:
         **cluster_resources("table2", runtime=10, mem_mb=2000),
     shell:
         "python workflow_scripts/make_table2.py --sample {input.sample} --annotations {input.annotations}"
-        " {params.automatic} --data {params.data} --run-name {params.run_name} --out {params.stem} 2> {log}"
+        " {params.automatic} {params.provenance} --out {params.stem} 2> {log}"

@@ -20,10 +20,9 @@ rule table:
         number="[345]",
     params:
         spec=lambda wc: json.dumps(config["experiments"][f"table{wc.number}"]),
-        variants=json.dumps(variants(), sort_keys=True),
+        variants=table_variants,
         stem=subpath(output.md, strip_suffix=".md"),
-        data=data_kind(),
-        run_name=config["run_name"],
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/results/table{number}.log",
     conda:
@@ -32,8 +31,7 @@ rule table:
         **cluster_resources("table", runtime=5, mem_mb=1000),
     shell:
         "python workflow_scripts/make_results.py table{wildcards.number} --spec {params.spec:q}"
-        " --variants {params.variants:q} --eval-root results/eval --data {params.data}"
-        " --run-name {params.run_name} --out {params.stem} 2> {log}"
+        " --variants {params.variants:q} --eval-root results/eval {params.provenance} --out {params.stem} 2> {log}"
 
 
 rule figure5:
@@ -44,8 +42,7 @@ rule figure5:
         csv=FIGURE5.replace(".png", ".csv"),
     params:
         spec=json.dumps({"variants": figure5_variants()}),
-        data=data_kind(),
-        run_name=config["run_name"],
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/results/figure5.log",
     conda:
@@ -54,7 +51,7 @@ rule figure5:
         **cluster_resources("figure5", runtime=5, mem_mb=1000),
     shell:
         "python workflow_scripts/make_results.py figure5 --spec {params.spec:q} --eval-root results/eval"
-        " --data {params.data} --run-name {params.run_name} --out {output.png} 2> {log}"
+        " {params.provenance} --out {output.png} 2> {log}"
 
 
 rule figure6:
@@ -70,8 +67,7 @@ rule figure6:
         report(FIGURE6, caption="../report/figure6.rst", category="Figures"),
     params:
         spec=json.dumps(config["experiments"]["figure6"]),
-        data=data_kind(),
-        run_name=config["run_name"],
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/results/figure6.log",
     conda:
@@ -80,4 +76,4 @@ rule figure6:
         **cluster_resources("figure6", runtime=5, mem_mb=2000),
     shell:
         "python workflow_scripts/make_results.py figure6 --spec {params.spec:q} --eval-root results/eval"
-        " --manifest {input.manifest} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+        " --manifest {input.manifest} {params.provenance} --out {output} 2> {log}"

@@ -12,10 +12,10 @@ rule download:
         directory(DOWNLOADED_SOURCE),
     params:
         entries=lambda wildcards: json.dumps(download_entries(wildcards)),
-        partial_dir=config["downloads"]["partial_dir"],
-        timeout=config["downloads"]["timeout_s"],
-        retries=config["downloads"]["retries"],
-        backoff=config["downloads"]["backoff_s"],
+        partial_dir=run_only(config["downloads"]["partial_dir"]),
+        timeout=run_only(config["downloads"]["timeout_s"]),
+        retries=run_only(config["downloads"]["retries"]),
+        backoff=run_only(config["downloads"]["backoff_s"]),
     log:
         "logs/sources/download_{source}.log",
     conda:
@@ -24,8 +24,8 @@ rule download:
         **cluster_resources("download", runtime=1440, mem_mb=2000),
     shell:
         "python workflow_scripts/download_source.py --source {wildcards.source} --entries {params.entries:q}"
-        " --partial-dir {params.partial_dir} --timeout {params.timeout} --retries {params.retries}"
-        " --backoff {params.backoff} --out {output} 2> {log}"
+        " --partial-dir {params.partial_dir:q} --timeout {params.timeout}"
+        " --retries {params.retries} --backoff {params.backoff} --out {output} 2> {log}"
 
 
 rule synthetic_world:
@@ -58,7 +58,7 @@ rule manifest:
         sources=json.dumps(resolved_sources(), sort_keys=True),
         verify=config["manifest"]["verify_images"],
         strict="--strict" if config["manifest"]["strict"] else "",
-        run_name=config["run_name"],
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/sources/manifest.log",
     conda:
@@ -68,6 +68,6 @@ rule manifest:
         **cluster_resources("manifest", runtime=120, mem_mb=8000),
     shell:
         "python workflow_scripts/build_manifest.py --sources {params.sources:q} --verify {params.verify}"
-        " {params.strict} --threads {threads} --run-name {params.run_name}"
+        " {params.strict} --threads {threads} {params.provenance}"
         " --images {output.images} --triplets {output.triplets}"
         " --report {output.report} --issues {output.issues} 2> {log}"

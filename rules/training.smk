@@ -1,6 +1,8 @@
 # Stage: FashionBLIP-2 training (paper §4.4). The tokenizer and the "general-domain" backbone of
 # the embedded default, then stage 1 on FACap and stage 2 on FashionIQ for every variant of
 # experiments.variants. Checkpoints live outside the outputs, so a killed job resumes.
+# Params carry what changes a model; the device, GPUs (launcher), checkpoint folder and run label
+# are run_only params (rules/common.smk), so moving a run never retrains it.
 
 
 rule tokenizer:
@@ -33,14 +35,13 @@ rule pretrain:
     output:
         directory(TRAINED_BACKBONE),
     params:
-        run=json.dumps(config["training"]["pretrain"], sort_keys=True),
-        training=json.dumps(config["training"], sort_keys=True),
+        run=as_json(training_result_settings(config, "pretrain")),
         image_size=config["model"]["image_size"],
         max_text_length=config["model"]["max_text_length"],
-        checkpoints=os.path.join(config["training"]["checkpoint_dir"], "backbone"),
-        launcher=launcher("pretrain"),
-        data=data_kind(),
-        run_name=config["run_name"],
+        launcher=run_only(RUN["launcher"]["pretrain"]),
+        run_settings=run_only(RUN["training"]),
+        checkpoints=run_only(RUN["checkpoints"]["backbone"]),
+        provenance=run_only(RUN["provenance"]),
     log:
         "logs/training/pretrain.log",
     conda:
@@ -49,10 +50,10 @@ rule pretrain:
     resources:
         **cluster_resources("pretrain", runtime=600, mem_mb=16000, gpu=0),
     shell:
-        "{params.launcher} workflow_scripts/pretrain_backbone.py --manifest {input.manifest} --tokenizer {input.tokenizer}"
-        " --image-size {params.image_size} --max-text-length {params.max_text_length} --run {params.run:q}"
-        " --training {params.training:q} --checkpoints {params.checkpoints} --threads {threads}"
-        " --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+        "{params.launcher} workflow_scripts/pretrain_backbone.py --manifest {input.manifest}"
+        " --tokenizer {input.tokenizer} --image-size {params.image_size} --max-text-length {params.max_text_length}"
+        " --run {params.run:q} --training {params.run_settings:q} --checkpoints {params.checkpoints}"
+        " --threads {threads} {params.provenance} --out {output} 2> {log}"
 
 
 rule train_stage1:
@@ -66,12 +67,12 @@ rule train_stage1:
     params:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
         model=json.dumps({k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}),
-        run=json.dumps(config["training"]["stage1"], sort_keys=True),
-        training=json.dumps(config["training"], sort_keys=True),
-        checkpoints=checkpoint_dir("stage1"),
-        launcher=launcher("train_stage1"),
-        data=data_kind(),
-        run_name=config["run_name"],
+        run=as_json(training_result_settings(config, "stage1")),
+        launcher=run_only(RUN["launcher"]["train_stage1"]),
+        run_settings=run_only(RUN["training"]),
+        checkpoints=run_only(RUN["checkpoints"]["stage1"]),
+        provenance=run_only(RUN["provenance"]),
+
     log:
         "logs/training/stage1_{variant}.log",
     conda:
@@ -80,10 +81,10 @@ rule train_stage1:
     resources:
         **cluster_resources("train_stage1", runtime=1440, mem_mb=32000, gpu=0),
     shell:
-        "{params.launcher} workflow_scripts/train_model.py --stage 1 --variant {wildcards.variant} --spec {params.spec:q}"
-        " --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
-        " --manifest {input.manifest} --facap {input.facap} --run {params.run:q} --training {params.training:q}"
-        " --checkpoints {params.checkpoints} --threads {threads} --data {params.data} --run-name {params.run_name}"
+        "{params.launcher} workflow_scripts/train_model.py --stage 1 --variant {wildcards.variant}"
+        " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
+        " --manifest {input.manifest} --facap {input.facap} --run {params.run:q} --training {params.run_settings:q}"
+        " --checkpoints {params.checkpoints}/{wildcards.variant} --threads {threads} {params.provenance}"
         " --out {output} 2> {log}"
 
 
@@ -98,14 +99,14 @@ rule train_stage2:
     params:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
         model=json.dumps({k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}),
-        run=json.dumps(config["training"]["stage2"], sort_keys=True),
-        training=json.dumps(config["training"], sort_keys=True),
+        run=as_json(training_result_settings(config, "stage2")),
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["evaluation"]["categories"]),
-        checkpoints=checkpoint_dir("stage2"),
-        launcher=launcher("train_stage2"),
-        data=data_kind(),
-        run_name=config["run_name"],
+        launcher=run_only(RUN["launcher"]["train_stage2"]),
+        run_settings=run_only(RUN["training"]),
+        checkpoints=run_only(RUN["checkpoints"]["stage2"]),
+        provenance=run_only(RUN["provenance"]),
+
     log:
         "logs/training/stage2_{variant}.log",
     conda:
@@ -114,8 +115,8 @@ rule train_stage2:
     resources:
         **cluster_resources("train_stage2", runtime=600, mem_mb=32000, gpu=0),
     shell:
-        "{params.launcher} workflow_scripts/train_model.py --stage 2 --variant {wildcards.variant} --spec {params.spec:q}"
-        " --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
+        "{params.launcher} workflow_scripts/train_model.py --stage 2 --variant {wildcards.variant}"
+        " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
         " --manifest {input.manifest} --fashioniq-root {params.fashioniq_root} --categories {params.categories:q}"
-        " --run {params.run:q} --training {params.training:q} --checkpoints {params.checkpoints}"
-        " --threads {threads} --data {params.data} --run-name {params.run_name} --out {output} 2> {log}"
+        " --run {params.run:q} --training {params.run_settings:q} --checkpoints {params.checkpoints}/{wildcards.variant}"
+        " --threads {threads} {params.provenance} --out {output} 2> {log}"

@@ -100,3 +100,19 @@ def workflow_copy(tmp_path: Path) -> Path:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     return tmp_path
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    """Start fake OpenAI-compatible servers (tests/fake_openai_server.py); all are killed at the end."""
+    from tests.fake_openai_server import FakeServer
+
+    servers = []
+
+    def start(*args: str, env: dict | None = None) -> FakeServer:
+        servers.append(FakeServer(tmp_path, *args, env=env))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()

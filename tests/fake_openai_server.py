@@ -3,7 +3,8 @@
 the Files and Batches endpoints, and injected faults.
 
 Faults hit an item (the request's messages) on its first attempt only, with probability
-``--fail-rate`` (seeded), so that every item succeeds once retried. Each request is logged as a
+``--fail-rate`` (seeded), so that every item succeeds once retried; with ``--persistent`` on every
+attempt (an item that fails until the server is restarted without faults). Each request is logged as a
 JSON line: time, endpoint, item, attempt, what was answered, whether the Authorization header
 carried the expected key (never the key itself).
 
@@ -16,11 +17,16 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 from email import policy
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 FAULTS = ("429", "500", "timeout", "drop", "malformed", "empty")
 
@@ -47,7 +53,7 @@ class State:
             return self.attempts[item]
 
     def fault_for(self, item: str, attempt: int) -> str | None:
-        if attempt > 1 or not self.faults:
+        if (attempt > 1 and not self.args.persistent) or not self.faults:
             return None
         h = int(hashlib.sha256(f"{self.args.seed}:{item}".encode()).hexdigest(), 16)
         if (h % 10_000) / 10_000 >= self.args.fail_rate:
@@ -241,6 +247,43 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {**s.batches[batch_id], "status": "validating"})
 
 
+class FakeServer:
+    """The server in a subprocess on a free loopback port, for tests; ``stop()`` kills it by PID."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict | None = None):
+        self.log = tmp / f"requests-{secrets.token_hex(4)}.jsonl"
+        port_file = tmp / f"port-{secrets.token_hex(4)}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--port-file",
+                str(port_file),
+                "--log",
+                str(self.log),
+                *args,
+            ],
+            env={**os.environ, **(env or {})},
+        )
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("the fake OpenAI server did not start")
+            time.sleep(0.05)
+        self.base_url = f"http://127.0.0.1:{port_file.read_text()}/v1"
+
+    def requests(self, endpoint: str = "chat") -> list[dict]:
+        if not self.log.exists():
+            return []
+        rows = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return [r for r in rows if r["endpoint"] == endpoint]
+
+    def stop(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)  # stopped by its PID, whatever it is doing
+        self.proc.wait(timeout=10)
+
+
 class Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default listen backlog (5) refuses a burst of concurrent clients
 
@@ -255,6 +298,7 @@ def main() -> None:
     parser.add_argument("--hang", type=float, default=3.0, help="seconds a 'timeout' fault hangs")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every chat request")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--persistent", action="store_true", help="a faulty item fails on every attempt")
     parser.add_argument("--expect-key-env", default="", help="environment variable holding the expected API key")
     args = parser.parse_args()
     Handler.state = State(args)

@@ -13,62 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from fashionblip2.annotation.backends import APISettings, OpenAIBatch, OpenAIChat, Request
 from fashionblip2.annotation.cache import CacheWriteError, ResultCache
 from fashionblip2.annotation.runner import annotate
 from fashionblip2.annotation.validation import check_caption, check_modification
 from fashionblip2.manifest import build_manifest, resolve_roots
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-class FakeServer:
-    def __init__(self, tmp: Path, *args: str, env: dict | None = None):
-        self.log = tmp / f"requests-{secrets.token_hex(4)}.jsonl"
-        port_file = tmp / f"port-{secrets.token_hex(4)}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "tests/fake_openai_server.py"),
-                "--port-file",
-                str(port_file),
-                "--log",
-                str(self.log),
-                *args,
-            ],
-            env={**os.environ, **(env or {})},
-        )
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError("the fake OpenAI server did not start")
-            time.sleep(0.05)
-        self.base_url = f"http://127.0.0.1:{port_file.read_text()}/v1"
-
-    def requests(self, endpoint: str = "chat") -> list[dict]:
-        if not self.log.exists():
-            return []
-        rows = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-        return [r for r in rows if r["endpoint"] == endpoint]
-
-    def stop(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)  # stopped by its PID, whatever it is doing
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def server_factory(tmp_path):
-    servers = []
-
-    def start(*args: str, env: dict | None = None) -> FakeServer:
-        servers.append(FakeServer(tmp_path, *args, env=env))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
+from tests.conftest import REPO, snakemake
+from tests.fake_openai_server import FakeServer
 
 
 def modification_requests(n: int) -> list[Request]:
@@ -298,3 +251,44 @@ def test_a_missing_api_key_is_a_clear_error(tmp_path, caption_inputs):
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "FACAP_UNSET_KEY, which is not set" in proc.stderr
     assert not (tmp_path / "o.parquet").exists()
+
+
+@pytest.mark.e2e
+def test_failed_answers_fail_the_run_and_one_command_asks_again_only_for_them(workflow_copy, server_factory):
+    """Through the real workflow: an outage stops the run with no dataset; failures below the limit are
+    listed; after the cause is fixed, `--forcerun caption modify` asks only for what failed."""
+    target = "data/annotation/modifications_report.json"
+
+    def run(base_url: str, max_failed: float, *extra: str, check: bool = True):
+        stage = {"backend": "openai", "model": "test-llm", "base_url": base_url, "max_retries": 0}
+        stage |= {"timeout_s": 5, "concurrency": 4, "max_failed_fraction": max_failed}
+        (workflow_copy / "api.yaml").write_text(yaml.safe_dump({"annotation": {"modification": stage}}))
+        args = ["--cores", "2", target, "--configfile", "config/presets/test.yaml", "api.yaml", *extra]
+        return snakemake(workflow_copy, *args, check=check)
+
+    # An outage (nothing listens on the port): the job fails naming the counts and the list of failures.
+    outage = run("http://127.0.0.1:9/v1", 0.02, check=False)
+    assert outage.returncode != 0
+    log = (workflow_copy / "logs/annotation/modify_0.log").read_text()
+    assert "answers failed" in log and "APIConnectionError" in log and "modify_0_failures.tsv" in log
+    assert not list((workflow_copy / "data/annotation").glob("modifications*/*.parquet"))
+    assert not (workflow_copy / "data/annotation/modifications.parquet").exists()
+
+    # A server that fails a third of the questions for good, under a limit of one half: listed, not fatal.
+    faulty = server_factory("--fail-rate", "0.33", "--faults", "500", "--persistent")
+    run(faulty.base_url, 0.5)
+    report = json.loads((workflow_copy / target).read_text())
+    failed = report["failed"]
+    assert 0 < failed < report["items"] and list(report["failures_by_reason"]) == [
+        "InternalServerError: Error code: 500 - server error"
+    ]
+    assert len(pd.read_csv(workflow_copy / "logs/annotation/modify_0_failures.tsv", sep="\t")) > 0
+    texts = pd.read_parquet(workflow_copy / "data/annotation/modifications.parquet")
+    questions = texts.loc[texts["status"] != "ok", "key"].nunique()  # two pairs may ask the same question
+
+    # The cause fixed: the documented command asks for the failed questions only, each once.
+    fixed = server_factory()
+    run(fixed.base_url, 0.02, "--forcerun", "caption", "modify")
+    report = json.loads((workflow_copy / target).read_text())
+    assert report["failed"] == 0 and report["answered_from_cache"] == report["items"] - failed
+    assert len(fixed.requests()) == questions == len({r["item"] for r in fixed.requests()})

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
 
     again = snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
+    check_minimal_reruns(workflow_copy)
 
     # The report: every table and figure as a report item, with its caption.
     snakemake(workflow_copy, "--report", "report.html", "--configfile", "config/presets/test.yaml")
@@ -167,6 +169,70 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
         rep = json.loads((workflow_copy / "data/annotation" / name).read_text())
         assert rep["answered_from_cache"] == rep["ok"] > 0
     assert len(list((workflow_copy / "data/cache").rglob("*.json"))) == cached
+
+
+def planned_jobs(workdir, overlay: dict, files: dict | None = None) -> dict[str, int]:
+    """The jobs `snakemake -n all` plans after a complete run when the config gets ``overlay``."""
+    for name, text in (files or {}).items():
+        (workdir / name).write_text(text)
+    (workdir / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    out = snakemake(workdir, "-n", "all", "--configfile", "config/presets/test.yaml", "overlay.yaml").stdout
+    stats = out.split("Job stats:", 1)[1].split("\ntotal", 1)[0] if "Job stats:" in out else ""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, flags=re.M) if m[1] != "all"}
+
+
+DOWNSTREAM_OF_FACAP = {"tokenizer", "pretrain", "train_stage1", "train_stage2", "evaluate", "figure5", "figure6",
+                       "search_index", "table", "table1", "facap", "enhfashioniq", "quality_sample", "quality_kit",
+                       "auto_annotate", "table2"}  # fmt: skip
+
+
+def check_minimal_reruns(workdir) -> None:
+    """After a complete run, a one-key edit plans exactly the jobs whose results it changes."""
+    test = yaml.safe_load((workdir / "config/presets/test.yaml").read_text())
+    stage1, stage2 = test["training"]["stage1"], test["training"]["stage2"]
+    # Nothing: how or where a job runs, and the run's label.
+    for overlay in (
+        {"run_name": "renamed"},
+        {"training": {"device": "cpu", "gradient_checkpointing": True}},
+        {"resources": {"train_stage1": {"gpu": 2}, "train_stage2": {"gpu": 4}}},
+        {"evaluation": {"device": "cpu", "batch_size": 7}},
+        {"embedding": {"device": "cpu", "batch_size": 5}},
+        {"annotation": {"caption": {"concurrency": 3, "timeout_s": 9, "max_failed_fraction": 0.5}}},
+    ):
+        assert planned_jobs(workdir, overlay) == {}, overlay
+    # Stage 2's learning rate: the six stage-2 runs and what reads them, nothing upstream.
+    assert planned_jobs(workdir, {"training": {"stage2": {**stage2, "lr": 3e-4}}}) == {
+        "train_stage2": 6, "evaluate": 6, "table": 3, "figure6": 1, "search_index": 1,
+    }  # fmt: skip
+    # Stage 1's: the five stage-1 runs (Figure 5's half included), then stage 2 of the four that have one.
+    jobs = planned_jobs(workdir, {"training": {"stage1": {**stage1, "lr": 1e-4}}})
+    assert jobs["train_stage1"] == 5 and jobs["train_stage2"] == 4 and "pretrain" not in jobs, jobs
+    # One variant: its own chain, and the one table that shows it.
+    cir_global = {"losses": ["cir", "ctr"], "adapters": True, "matching": "global", "label": "+ adapters"}
+    assert planned_jobs(workdir, {"experiments": {"variants": {"cir_global": cir_global}}}) == {
+        "train_stage1": 1, "train_stage2": 1, "evaluate": 2, "table": 1,
+    }  # fmt: skip
+    # The modification prompt: modifications onward, no caption.
+    prompt = (workdir / "prompts/modification.yaml").read_text() + "# edited\n"
+    jobs = planned_jobs(workdir, {"annotation": {"modification": {"prompt": "edited.yaml"}}}, {"edited.yaml": prompt})
+    assert set(jobs) == {"modify", "gather_modifications"} | DOWNSTREAM_OF_FACAP, jobs
+    # The captioner's model: captions onward.
+    jobs = planned_jobs(workdir, {"annotation": {"caption": {"backend": "openai", "model": "a-vlm"}}})
+    assert set(jobs) == {"caption", "gather_captions", "modify", "gather_modifications"} | DOWNSTREAM_OF_FACAP
+    # A source root: everything from the manifest (the world it was copied from is not remade).
+    shutil.copytree(workdir / "data/synthetic/world/fashioniq", workdir / "fashioniq_copy")
+    jobs = planned_jobs(workdir, {"sources": {"fashioniq": {"root": "fashioniq_copy"}}})
+    assert "manifest" in jobs and "synthetic_world" not in jobs and jobs["embed"] == 2, jobs
+    # A path that is not there stops the run when it is parsed, also after a complete run.
+    for overlay, named in (
+        ({"annotation": {"caption": {"prompt": "prompts/gone.yaml"}}}, "annotation.caption.prompt: 'prompts/gone"),
+        ({"model": {"backbone": "models/blip2-typo"}}, "model.backbone: 'models/blip2-typo' does not exist"),
+        ({"sources": {"fashioniq": {"root": "data/raw/fiq"}}}, "sources.fashioniq.root: 'data/raw/fiq' does not"),
+    ):
+        (workdir / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+        proc = snakemake(workdir, "-n", "all", "--configfile", "config/presets/test.yaml", "overlay.yaml", check=False)
+        assert proc.returncode != 0 and named in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    (workdir / "overlay.yaml").unlink()
 
 
 @pytest.mark.e2e
@@ -220,6 +286,9 @@ def test_lint_is_clean(workflow_copy):
         ("manifest:\n  verify_imagez: decode\n", "'verify_imagez' was unexpected"),
         ("synthetic:\n  fashion200k:\n    items_per_category: lots\n", "['fashion200k']['items_per_category']"),
         ("sources:\n  catalogue:\n    enabled: true\n    path: ''\n", "['catalogue']['path']"),
+        ("annotation:\n  modification:\n    prompt: p.yaml\n", "annotation.modification.prompt: 'p.yaml' does not"),
+        ("annotation:\n  caption:\n    backend: transformers\n    model_path: vlm\n", "annotation.caption.model_path"),
+        ("annotation:\n  modification:\n    backend: openai\n    model: ''\n", "an API backend needs the model name"),
     ],
 )
 def test_bad_config_stops_the_run_naming_the_key(workflow_copy, override, named):

@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from fashionblip2.annotation.cache import ResultCache  # noqa: E402
 from fashionblip2.annotation.prompts import PromptTemplate  # noqa: E402
-from fashionblip2.annotation.runner import Prices, annotate, estimate_cost  # noqa: E402
+from fashionblip2.annotation.runner import CAPTION_FAILED, Prices, annotate, check_failures, estimate_cost  # noqa: E402
 from fashionblip2.annotation.stages import (  # noqa: E402
     STAGES,
     caption_requests,
@@ -36,7 +36,7 @@ from fashionblip2.annotation.stages import (  # noqa: E402
 )
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.embedding_file import shard_bounds  # noqa: E402
-from fashionblip2.io import write_parquet_atomic  # noqa: E402
+from fashionblip2.io import atomic_path, write_parquet_atomic  # noqa: E402
 
 COLUMNS = ["reference_id", "target_id", "image_id", "text", "status", "reason", "cached", "key"]
 
@@ -46,7 +46,15 @@ def main() -> None:
     parser.add_argument("--stage", choices=STAGES, required=True)
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--shards", type=int, default=1)
-    parser.add_argument("--settings", required=True, help="the config's annotation.<stage> section as JSON")
+    parser.add_argument(
+        "--settings", required=True, help="JSON: the annotation.<stage> keys that change the answers (backend, ...)"
+    )
+    parser.add_argument(
+        "--run-settings",
+        default="{}",
+        help="JSON: the annotation.<stage> keys that change how it runs, not its answers (concurrency, timeouts, "
+        "max_failed_fraction, ...)",
+    )
     parser.add_argument("--prices", default="{}", help="the config's annotation.prices as JSON")
     parser.add_argument("--prompt", required=True, help="prompt file (YAML chat messages)")
     parser.add_argument("--manifest", help="caption stage: the image manifest")
@@ -54,11 +62,12 @@ def main() -> None:
     parser.add_argument("--captions", help="modification stage: the gathered captions (Parquet)")
     parser.add_argument("--cache", required=True, help="result cache folder")
     parser.add_argument("--out", required=True, help="output shard (Parquet)")
+    parser.add_argument("--failures", help="where the failed items are listed (TSV), written whatever the outcome")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     setup_logging()
     log = logging.getLogger("annotate")
-    settings = json.loads(args.settings)
+    settings = {**json.loads(args.settings), **json.loads(args.run_settings)}
     template = PromptTemplate.load(args.prompt)
     pairs = pd.read_parquet(args.pairs)
 
@@ -125,15 +134,26 @@ def main() -> None:
                         "target_id": skipped["target_id"],
                         "text": None,
                         "status": "failed",
-                        "reason": "a caption of the pair failed",
+                        "reason": CAPTION_FAILED,
                         "cached": False,
                         "key": "",
                     }
                 ),
             ]
         )
-    write_parquet_atomic(args.out, frame.reindex(columns=[c for c in COLUMNS if c in frame.columns]))
     failed = frame[frame["status"] != "ok"]
+    if args.failures:
+        with atomic_path(args.failures) as tmp:
+            failed.drop(columns=["text", "cached"]).to_csv(tmp, sep="\t", index=False)
+    # Before the shard is written: a shard with too many failures must not look complete.
+    check_failures(
+        frame["status"].tolist(),
+        frame["reason"].tolist(),
+        settings.get("max_failed_fraction", 0.0),
+        stage=args.stage,
+        failures_path=args.failures,
+    )
+    write_parquet_atomic(args.out, frame.reindex(columns=[c for c in COLUMNS if c in frame.columns]))
     log.info(
         "%s shard %d/%d: %d ok (%d from the cache), %d failed",
         args.stage,

@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--verify", choices=VERIFY_LEVELS, default="decode", help="how thoroughly to check images")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     parser.add_argument("--threads", type=int, default=1, help="processes for the image checks")
+    parser.add_argument("--data", choices=["synthetic", "real"], help="recorded in the report (default: guessed)")
     parser.add_argument("--run-name", default="manual", help="recorded in the report")
     parser.add_argument("--images", required=True, help="output: the image manifest (Parquet)")
     parser.add_argument("--triplets", required=True, help="output: FashionIQ triplets whose images exist (Parquet)")
@@ -45,7 +46,8 @@ def main() -> None:
     result = build_manifest(
         sources, verify=args.verify, strict=args.strict, workers=args.threads, progress=not args.no_progress
     )
-    data = "synthetic" if any("synthetic" in str(s.get("root", "")) for s in sources.values()) else "real"
+    guessed = "synthetic" if any("synthetic" in str(s.get("root", "")) for s in sources.values()) else "real"
+    data = args.data or guessed
     summary = manifest_summary(
         result, {"provenance": provenance(data, args.run_name), "sources": sources, "verify_images": args.verify}
     )

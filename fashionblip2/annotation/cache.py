@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fashionblip2.report import StopRun
+
 
 def request_key(backend: str, model: str, request: Any) -> str:
     payload = json.dumps({"backend": backend, "model": model, "request": request}, sort_keys=True, ensure_ascii=False)
@@ -31,7 +33,7 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-class CacheWriteError(RuntimeError):
+class CacheWriteError(StopRun):
     """A paid answer could not be stored. Never an item failure: asking again would pay again."""
 
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from fashionblip2.annotation.backends import Request
 from fashionblip2.annotation.cache import ResultCache, request_key
+from fashionblip2.report import StopRun
 
 log = logging.getLogger(__name__)
 Check = Callable[["str | None"], "str | None"]
@@ -69,7 +70,7 @@ def annotate(
         first, *others = same[keys[i]]
         outcomes[first] = Outcome(keys[i], text, status, reason, False)
         for j in others:  # the same question asked once: the others share its answer without a call
-            outcomes[j] = Outcome(keys[i], text, status, reason, status == "ok")
+            outcomes[j] = Outcome(keys[i], text, status, reason, False)
         bar.update(1)
 
     def ask(indices: list[int], last_try: bool) -> dict[int, tuple[str | None, str]]:
@@ -102,6 +103,37 @@ def annotate(
         if o is None:
             outcomes[i] = Outcome(keys[i], None, "failed", "no answer from the backend", False)
     return outcomes  # type: ignore[return-value]
+
+
+# A pair whose caption failed is not asked for its modification text: counted by the caption stage.
+CAPTION_FAILED = "a caption of the pair failed"
+
+
+class TooManyFailures(StopRun):
+    """More answers failed than the stage allows (annotation.<stage>.max_failed_fraction)."""
+
+
+def check_failures(
+    statuses: list[str], reasons: list[str], max_fraction: float, *, stage: str, failures_path: str | None = None
+) -> dict[str, Any]:
+    """Counts of a shard's failures by reason; :class:`TooManyFailures` when their share of the
+    questions asked is above ``max_fraction`` (an outage must stop the run, not make an empty dataset)."""
+    asked = [(s, r) for s, r in zip(statuses, reasons, strict=True) if r != CAPTION_FAILED]
+    failed = [r for s, r in asked if s != "ok"]
+    by_reason: dict[str, int] = {}
+    for r in failed:
+        by_reason[r] = by_reason.get(r, 0) + 1
+    fraction = len(failed) / len(asked) if asked else 0.0
+    summary = {"asked": len(asked), "failed": len(failed), "fraction": fraction, "by_reason": by_reason}
+    if fraction > max_fraction:
+        where = f"; the failed items: {failures_path}" if failures_path else ""
+        raise TooManyFailures(
+            f"{stage}: {len(failed)} of {len(asked)} answers failed ({fraction:.1%}, more than "
+            f"annotation.{stage}.max_failed_fraction {max_fraction:.1%}); by reason: "
+            + "; ".join(f"{n} x {r}" for r, n in sorted(by_reason.items(), key=lambda kv: -kv[1]))
+            + f"{where}. Fix the cause and rerun: answers already stored are not asked (nor paid for) again"
+        )
+    return summary
 
 
 @dataclass

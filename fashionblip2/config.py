@@ -1,0 +1,112 @@
+"""What the workflow decides from its config when it is parsed, before any job starts.
+
+- Which settings change a job's result. Only those are a rule's ``params``: Snakemake reruns a job
+  whose params change, so a setting that only changes *how* a job runs (the device, the number of
+  GPUs, concurrency, timeouts, the run's label) must not be one, or an edit would retrain models
+  and re-annotate datasets for nothing. Those reach the scripts through the shell command instead.
+- Whether every path the config names exists, so that a typo stops the run at once, naming the
+  config key, and never after a GPU job has started.
+
+Standard library only: the Snakefile imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+# annotation.<stage>: the keys that change the answers (they also make the cache key).
+ANNOTATION_ANSWER_KEYS = ("backend", "model", "model_path", "max_new_tokens", "max_words", "temperature")
+# training: shared keys that change a trained model (besides the run's own section).
+TRAINING_RESULT_KEYS = ("seed", "precision")
+# training: shared keys that change how a model is trained, not what comes out.
+TRAINING_RUNTIME_KEYS = ("device", "gradient_checkpointing", "cache_image_features")
+API_BACKENDS = ("openai", "openai-batch")
+
+
+def pick(section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: section[k] for k in keys if k in section}
+
+
+def drop(section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in keys}
+
+
+def as_json(value: Any) -> str:
+    """The one JSON form of a setting in params and shell commands (sorted keys: stable params)."""
+    return json.dumps(value, sort_keys=True)
+
+
+def annotation_answer_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    return pick(config["annotation"][stage], ANNOTATION_ANSWER_KEYS)
+
+
+def annotation_run_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    return drop(config["annotation"][stage], ANNOTATION_ANSWER_KEYS + ("prompt",))
+
+
+def training_result_settings(config: dict[str, Any], run: str) -> dict[str, Any]:
+    """A training run's own section (steps, lr, ...) with the shared keys that change its result."""
+    return {**config["training"][run], **pick(config["training"], TRAINING_RESULT_KEYS)}
+
+
+def training_run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return pick(config["training"], TRAINING_RUNTIME_KEYS)
+
+
+def uses_api(config: dict[str, Any], stage: str) -> bool:
+    return config["annotation"][stage]["backend"] in API_BACKENDS
+
+
+# --- paths ----------------------------------------------------------------------------------------
+
+GENERATED_ROOTS = ("synthetic", "download")
+
+
+def configured_paths(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Every path the config names that must exist before a run: (config key, path, "file"|"folder")."""
+    out: list[tuple[str, str, str]] = []
+    for name, spec in config["sources"].items():
+        if not spec.get("enabled", True):
+            continue
+        if name == "catalogue":
+            out.append(("sources.catalogue.path", spec.get("path", ""), "file"))
+        elif spec.get("root") not in GENERATED_ROOTS:
+            out.append((f"sources.{name}.root", spec["root"], "folder"))
+    for stage in ("caption", "modification"):
+        section = config["annotation"][stage]
+        out.append((f"annotation.{stage}.prompt", section["prompt"], "file"))
+        if section["backend"] == "transformers":
+            out.append((f"annotation.{stage}.model_path", section.get("model_path", ""), "folder"))
+    if config["embedding"].get("pretrained"):
+        out.append(("embedding.pretrained", config["embedding"]["pretrained"], "file"))
+    for key in ("backbone", "tokenizer"):
+        if config["model"][key] != "train":
+            out.append((f"model.{key}", config["model"][key], "folder"))
+    for i, path in enumerate(config.get("quality", {}).get("annotations", [])):
+        out.append((f"quality.annotations[{i}]", path, "file or folder"))
+    return out
+
+
+def path_problems(config: dict[str, Any], root: str | os.PathLike[str] = ".") -> list[str]:
+    """One line per configured path that is missing or of the wrong kind, naming the config key."""
+    problems = []
+    for key, path, kind in configured_paths(config):
+        full = os.path.join(root, path) if path else ""
+        ok = {
+            "file": os.path.isfile(full),
+            "folder": os.path.isdir(full),
+            "file or folder": os.path.exists(full),
+        }[kind]
+        if not ok:
+            what = "is empty" if not path else ("does not exist" if not os.path.exists(full) else f"is not a {kind}")
+            problems.append(f"{key}: {path!r} {what} (expected a {kind})")
+    return problems
+
+
+def check_paths(config: dict[str, Any], root: str | os.PathLike[str] = ".") -> None:
+    """Stop with every bad path at once (ValueError), before the first job starts."""
+    problems = path_problems(config, root)
+    if problems:
+        raise ValueError("the config names paths that are not there:\n  " + "\n  ".join(problems))

@@ -1,0 +1,83 @@
+"""What the workflow decides from its config at parse time: result settings vs run settings, paths."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from fashionblip2.config import (
+    annotation_answer_settings,
+    annotation_run_settings,
+    check_paths,
+    path_problems,
+    training_result_settings,
+    training_run_settings,
+)
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_the_default_config_names_no_missing_path(config):
+    assert path_problems(config, REPO) == []
+
+
+def test_every_missing_path_is_named_by_its_key(config, tmp_path):
+    config = copy.deepcopy(config)
+    config["sources"]["fashioniq"]["root"] = "data/raw/fashion-iq-typo"
+    config["sources"]["catalogue"] = {"enabled": True, "path": "shop.csv", "name": "shop"}
+    config["annotation"]["modification"]["prompt"] = "prompts/nope.yaml"
+    config["annotation"]["caption"].update(backend="transformers", model_path="models/vlm")
+    config["embedding"]["pretrained"] = "models/clip.bin"
+    config["model"]["backbone"] = "models/blip2"
+    (tmp_path / "prompts").mkdir()
+    for name in ("caption.yaml", "modification.yaml"):
+        (tmp_path / "prompts" / name).write_text((REPO / "prompts" / name).read_text())
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/vlm").write_text("a file, not the model folder")
+    problems = path_problems(config, tmp_path)
+    assert problems == [
+        "sources.fashioniq.root: 'data/raw/fashion-iq-typo' does not exist (expected a folder)",
+        "sources.catalogue.path: 'shop.csv' does not exist (expected a file)",
+        "annotation.caption.model_path: 'models/vlm' is not a folder (expected a folder)",
+        "annotation.modification.prompt: 'prompts/nope.yaml' does not exist (expected a file)",
+        "embedding.pretrained: 'models/clip.bin' does not exist (expected a file)",
+        "model.backbone: 'models/blip2' does not exist (expected a folder)",
+    ]
+    with pytest.raises(ValueError, match="the config names paths that are not there"):
+        check_paths(config, tmp_path)
+
+
+def test_run_settings_never_overlap_the_settings_that_change_results(config):
+    for stage in ("caption", "modification"):
+        answers, run = annotation_answer_settings(config, stage), annotation_run_settings(config, stage)
+        assert not set(answers) & set(run)
+        assert {"backend", "max_words"} <= set(answers) and {"concurrency", "max_failed_fraction"} <= set(run)
+    result = training_result_settings(config, "stage2")
+    assert result["lr"] == config["training"]["stage2"]["lr"] and {"seed", "precision"} <= set(result)
+    assert set(training_run_settings(config)) == {"device", "gradient_checkpointing", "cache_image_features"}
+    assert not set(result) & set(training_run_settings(config))
+
+
+@pytest.mark.parametrize(
+    ("stage", "override", "named"),
+    [
+        ("modification", {"backend": "openai", "model": ""}, "an API backend needs the model name"),
+        ("caption", {"backend": "openai-batch", "model": ""}, "an API backend needs the model name"),
+        ("caption", {"backend": "transformers", "model_path": ""}, "needs a local model folder"),
+    ],
+)
+def test_the_schema_refuses_a_backend_without_its_model(config, stage, override, named):
+    config = copy.deepcopy(config)
+    config["annotation"][stage].update(override)
+    with pytest.raises(WorkflowError) as error:
+        validate(config, str(REPO / "config/schema.yaml"))
+    print(error.value)
+    assert named in str(error.value)
