@@ -125,7 +125,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         parts = self.path.rstrip("/").split("/")
         if len(parts) >= 2 and parts[-2] == "batches":
-            return self._json(200, self.state.batches[parts[-1]])
+            batch = self.state.batches[parts[-1]]
+            self.state.record(endpoint="batch-retrieve", batch=batch["id"])
+            if time.time() < batch["created_at"] + self.state.args.batch_seconds:
+                return self._json(200, {**batch, "status": "in_progress", "output_file_id": None})
+            return self._json(200, batch)
         if parts[-1] == "content" and parts[-3] == "files":
             data = self.state.files[parts[-2]]
             self.send_response(200)
@@ -208,9 +212,10 @@ class Handler(BaseHTTPRequestHandler):
     def create_batch(self, body: dict) -> None:
         s = self.state
         out_lines = []
-        for line in s.files[body["input_file_id"]].decode().splitlines():
-            if not line.strip():
-                continue
+        lines = [line for line in s.files[body["input_file_id"]].decode().splitlines() if line.strip()]
+        # The first batch may expire with only half of its requests answered (--expire-first-batch).
+        expire = s.args.expire_first_batch and not s.batches
+        for line in lines[: len(lines) // 2] if expire else lines:
             request = json.loads(line)
             item = item_of(request["body"])
             s.record(endpoint="batch-item", item=item)
@@ -237,13 +242,13 @@ class Handler(BaseHTTPRequestHandler):
             "endpoint": body["endpoint"],
             "input_file_id": body["input_file_id"],
             "completion_window": body["completion_window"],
-            "status": "completed",
+            "status": "expired" if expire else "completed",
             "output_file_id": out_id,
             "error_file_id": None,
             "created_at": int(time.time()),
-            "request_counts": {"total": len(out_lines), "completed": len(out_lines), "failed": 0},
+            "request_counts": {"total": len(lines), "completed": len(out_lines), "failed": 0},
         }
-        s.record(endpoint="batches", batch=batch_id, auth_ok=self._auth_ok())
+        s.record(endpoint="batches", batch=batch_id, requests=len(lines), auth_ok=self._auth_ok())
         self._json(200, {**s.batches[batch_id], "status": "validating"})
 
 
@@ -299,6 +304,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every chat request")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--persistent", action="store_true", help="a faulty item fails on every attempt")
+    parser.add_argument("--batch-seconds", type=float, default=0.0, help="how long a batch stays in_progress")
+    parser.add_argument("--expire-first-batch", action="store_true", help="the first batch expires half done")
     parser.add_argument("--expect-key-env", default="", help="environment variable holding the expected API key")
     args = parser.parse_args()
     Handler.state = State(args)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fashionblip2.annotation.backends import APISettings, OpenAIBatch, OpenAIChat, Request
+from fashionblip2.annotation.backends import APISettings, BatchPending, OpenAIBatch, OpenAIChat, Request
 from fashionblip2.annotation.cache import CacheWriteError, ResultCache
 from fashionblip2.annotation.runner import annotate
 from fashionblip2.annotation.validation import check_caption, check_modification
@@ -131,6 +131,35 @@ def test_batch_api_round_trip(server_factory, tmp_path):
     assert annotate(modification_requests(5), backend, cache, lambda t: None, progress=False)[0].cached
 
 
+def test_a_batch_over_the_limits_is_split_and_each_part_tracked(server_factory, tmp_path):
+    server = server_factory()
+    state = tmp_path / "shard.batches.json"
+    backend = OpenAIBatch(settings(server), with_image=False, poll_s=0.05, state_path=state, max_requests=2)
+    outcomes = annotate(modification_requests(5), backend, ResultCache(tmp_path / "c"), lambda t: None, progress=False)
+    assert [o.status for o in outcomes] == ["ok"] * 5
+    assert [r["requests"] for r in server.requests("batches")] == [2, 2, 1]
+    recorded = json.loads(state.read_text())["batches"]
+    assert [len(b["custom_ids"]) for b in recorded] == [2, 2, 1] and all(b["read"] for b in recorded)
+    assert all(b["input_file_id"].startswith("file-") for b in recorded)
+
+
+def test_an_expired_batch_is_resubmitted_only_for_what_has_no_answer(server_factory, tmp_path):
+    server = server_factory("--expire-first-batch")
+    backend = OpenAIBatch(settings(server), with_image=False, poll_s=0.05, state_path=tmp_path / "s.json")
+    outcomes = annotate(modification_requests(6), backend, ResultCache(tmp_path / "c"), lambda t: None, progress=False)
+    assert [o.status for o in outcomes] == ["ok"] * 6
+    assert [r["requests"] for r in server.requests("batches")] == [6, 3]
+    assert len(server.requests("batch-item")) == 6  # every question answered once
+
+
+def test_a_batch_that_outlives_the_job_is_left_for_the_next_run(server_factory, tmp_path):
+    server = server_factory("--batch-seconds", "30")
+    backend = OpenAIBatch(settings(server), with_image=False, poll_s=0.05, max_wait_s=0.5, state_path=tmp_path / "s")
+    with pytest.raises(BatchPending, match="rerun to resume them"):
+        annotate(modification_requests(3), backend, ResultCache(tmp_path / "c"), lambda t: None, progress=False)
+    assert len(server.requests("batches")) == 1
+
+
 @pytest.fixture
 def caption_inputs(tiny_world, tmp_path):
     """A manifest and pairs of the tiny world, as the caption rule reads them."""
@@ -224,6 +253,27 @@ def test_a_killed_shard_resumes_and_pays_only_for_what_was_not_cached(server_fac
     for path in [log, out, *cache.rglob("*")]:
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_a_batch_job_killed_while_polling_resumes_its_batch_and_pays_once(server_factory, caption_inputs, tmp_path):
+    manifest, pairs, n = caption_inputs
+    server = server_factory("--batch-seconds", "3")
+    stage = {**api_stage(server), "backend": "openai-batch", "poll_s": 0.1}
+    cache, out = tmp_path / "cache", tmp_path / "captions.parquet"
+    proc = subprocess.Popen(caption_command(stage, manifest, pairs, cache, out), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not server.requests("batch-retrieve"):  # recorded, submitted, and now polled
+        assert time.monotonic() < deadline and proc.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((tmp_path / "captions.batches.json").read_text())["batches"]
+    assert len(state) == 1 and not state[0]["read"] and not out.exists()
+
+    subprocess.run(caption_command(stage, manifest, pairs, cache, out), check=True, capture_output=True)
+    assert (pd.read_parquet(out)["status"] == "ok").all()
+    assert len(server.requests("files")) == 1 and len(server.requests("batches")) == 1  # one upload, one batch
+    assert len(server.requests("batch-item")) == n
 
 
 def test_an_unwritable_cache_folder_stops_the_shard_before_any_request(server_factory, caption_inputs, tmp_path):

@@ -91,7 +91,8 @@ def main() -> None:
         rows = {"reference_id": items["reference_id"].tolist(), "target_id": items["target_id"].tolist()}
 
     cache = ResultCache(args.cache)
-    backend = make_backend(args.stage, settings)
+    out = Path(args.out)
+    backend = make_backend(args.stage, settings, batch_state=str(out.with_name(f"{out.stem}.batches.json")))
     if settings.get("backend", "").startswith("openai"):
         estimate = estimate_cost(
             requests,
@@ -113,6 +114,8 @@ def main() -> None:
         checker(args.stage, settings),
         desc=f"{args.stage} shard {args.shard}",
         progress=not args.no_progress,
+        # A second batch for rejected answers only if it can end before the job's time is up.
+        second_chance=getattr(backend, "time_for_another_pass", lambda: True),
     )
     frame = pd.DataFrame(
         {

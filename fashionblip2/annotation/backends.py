@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,8 @@ import numpy as np
 from fashionblip2.annotation.lexicon import find_attributes
 from fashionblip2.colours import NAMED_COLOURS
 from fashionblip2.images import load_rgb
-from fashionblip2.report import BadInputError
+from fashionblip2.io import write_json_atomic
+from fashionblip2.report import BadInputError, StopRun
 
 log = logging.getLogger(__name__)
 OnResult = Callable[[int, "str | None", "str | None"], None]  # (index, text, error)
@@ -291,63 +294,182 @@ def _short(e: Exception) -> str:
 
 
 class OpenAIBatch(OpenAIChat):
-    """The same requests through the Batch API: one JSONL upload, a batch, polling, results read back."""
+    """The same requests through the Batch API (half the price, answers within 24 h).
+
+    Every batch is written down before it is waited for: its input file id, batch id and the ids of
+    its requests go atomically to a state file beside the shard (``state_path``). A job killed while
+    polling (preemption, the time limit, a SLURM retry) resumes the same batch on its next run and
+    submits nothing again; a batch that expired or failed is resubmitted only for the requests that
+    have no answer yet. Results are handed to ``on_result`` (which caches them) as soon as a batch's
+    files are read. Requests beyond one batch's limits are split over several batches.
+    """
 
     name = "openai-batch"
+    ENDED = ("completed", "failed", "expired", "cancelled")
 
-    def __init__(self, settings: APISettings, *, with_image: bool, poll_s: float = 30.0, max_wait_s: float = 86400):
+    def __init__(
+        self,
+        settings: APISettings,
+        *,
+        with_image: bool,
+        poll_s: float = 30.0,
+        max_wait_s: float = 86400,
+        state_path: str | os.PathLike[str] | None = None,
+        max_requests: int = 50_000,
+        max_bytes: int = 200_000_000,
+    ):
         super().__init__(settings, with_image=with_image)
         self.poll_s = poll_s
         self.max_wait_s = max_wait_s
+        self.state_path = Path(state_path) if state_path else None
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.started = time.monotonic()
+        self.first_pass_s: float | None = None
 
-    def generate(self, requests: list[Request], on_result: OnResult) -> None:
-        if not requests:
-            return
+    # -- the state file --------------------------------------------------------------------------
+
+    def _load_state(self) -> list[dict[str, Any]]:
+        if self.state_path is None or not self.state_path.exists():
+            return []
+        return json.loads(self.state_path.read_text(encoding="utf-8"))["batches"]
+
+    def _save_state(self, batches: list[dict[str, Any]]) -> None:
+        if self.state_path is not None:
+            write_json_atomic(self.state_path, {"batches": batches})
+
+    def time_for_another_pass(self) -> bool:
+        """Whether a second batch (for rejected answers) can end before this job's time runs out,
+        judged by how long the first one took; if not, the next run asks them."""
+        if self.first_pass_s is None:
+            return True
+        return time.monotonic() - self.started + self.first_pass_s < self.max_wait_s
+
+    # -- one pass ------------------------------------------------------------------------------------
+
+    def _client(self):
         import openai
 
-        client = openai.OpenAI(
+        return openai.OpenAI(
             base_url=self.settings.base_url,
             api_key=self.settings.api_key(),
             max_retries=self.settings.max_retries,
             timeout=self.settings.timeout_s,
         )
-        lines = [
-            json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions", "body": self.body(r)})
-            for i, r in enumerate(requests)
-        ]
-        uploaded = client.files.create(file=("requests.jsonl", ("\n".join(lines) + "\n").encode()), purpose="batch")
+
+    def generate(self, requests: list[Request], on_result: OnResult) -> None:
+        if not requests:
+            return
+        pass_started = time.monotonic()
+        client = self._client()
+        ids = [custom_id(self.body(r)) for r in requests]
+        index = {cid: i for i, cid in enumerate(ids)}
+        answered: set[str] = set()
+        batches = self._load_state()
+
+        def read(batch_entry: dict[str, Any], batch: Any) -> None:
+            """Hand over every result of an ended batch that a current request asks for."""
+            for file_id in (batch.output_file_id, batch.error_file_id):
+                if not file_id:
+                    continue
+                for line in client.files.content(file_id).text.splitlines():
+                    if not line.strip():
+                        continue
+                    row = json.loads(line)
+                    cid = row["custom_id"]
+                    if cid not in index or cid in answered:
+                        continue
+                    answered.add(cid)
+                    text, error = _batch_result(row)
+                    on_result(index[cid], text, error)
+            batch_entry["status"] = batch.status
+            batch_entry["read"] = True
+            self._save_state(batches)
+
+        live = [b for b in batches if not b.get("read") and set(b["custom_ids"]) & set(index)]
+        for entry in live:
+            log.info("resuming batch %s (%d requests)", entry["batch_id"], len(entry["custom_ids"]))
+        waiting_on = {cid for b in live for cid in b["custom_ids"]}
+        todo = [i for i, cid in enumerate(ids) if cid not in waiting_on]
+        # An expired or failed batch leaves requests without an answer: those, and only those, go again.
+        for chunk in self._chunks(requests, ids, todo):
+            entry = self._submit(client, chunk, requests, ids)
+            batches.append(entry)
+            self._save_state(batches)
+            live.append(entry)
+        deadline = self.started + self.max_wait_s
+        while live:
+            for entry in list(live):
+                batch = client.batches.retrieve(entry["batch_id"])
+                if batch.status in self.ENDED:
+                    log.info("batch %s: %s", batch.id, batch.status)
+                    read(entry, batch)
+                    live.remove(entry)
+            if live:
+                if time.monotonic() > deadline:
+                    pending = ", ".join(e["batch_id"] for e in live)
+                    raise BatchPending(
+                        f"batch(es) {pending} not ended after {self.max_wait_s:.0f} s (annotation max_wait_s); "
+                        f"they are recorded in {self.state_path}: rerun to resume them, nothing is submitted again"
+                    )
+                time.sleep(self.poll_s)
+        for cid, i in index.items():
+            if cid not in answered:
+                ended = {b["status"] for b in batches if cid in b["custom_ids"]}
+                on_result(i, None, f"batch {'/'.join(sorted(ended)) or 'ended'}: no result")
+        if self.first_pass_s is None:
+            self.first_pass_s = time.monotonic() - pass_started
+
+    def _chunks(self, requests: list[Request], ids: list[str], todo: list[int]):
+        """The JSONL lines of ``todo``, cut so that no batch exceeds the request or size limit."""
+        chunk: list[tuple[int, str]] = []
+        size = 0
+        for i in todo:
+            line = json.dumps(
+                {"custom_id": ids[i], "method": "POST", "url": "/v1/chat/completions", "body": self.body(requests[i])}
+            )
+            if chunk and (len(chunk) >= self.max_requests or size + len(line) + 1 > self.max_bytes):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append((i, line))
+            size += len(line) + 1
+        if chunk:
+            yield chunk
+
+    def _submit(self, client: Any, chunk: list[tuple[int, str]], requests: list[Request], ids: list[str]):
+        data = ("\n".join(line for _, line in chunk) + "\n").encode()
+        uploaded = client.files.create(file=("requests.jsonl", data), purpose="batch")
         batch = client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        log.info("batch %s submitted: %d requests", batch.id, len(requests))
-        start = time.monotonic()
-        while batch.status not in ("completed", "failed", "expired", "cancelled"):
-            if time.monotonic() - start > self.max_wait_s:
-                raise TimeoutError(f"batch {batch.id} still {batch.status} after {self.max_wait_s:.0f} s")
-            time.sleep(self.poll_s)
-            batch = client.batches.retrieve(batch.id)
-            log.info("batch %s: %s", batch.id, batch.status)
-        seen: set[int] = set()
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            for line in client.files.content(file_id).text.splitlines():
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                i = int(row["custom_id"])
-                seen.add(i)
-                response = row.get("response") or {}
-                if response.get("status_code") == 200:
-                    choices = response.get("body", {}).get("choices") or [{}]
-                    text = choices[0].get("message", {}).get("content")
-                    on_result(i, text, None if text else "empty content")
-                else:
-                    error = row.get("error") or response.get("body", {}).get("error") or {}
-                    on_result(i, None, f"batch error: {error.get('message', response.get('status_code'))}")
-        for i in range(len(requests)):
-            if i not in seen:
-                on_result(i, None, f"batch {batch.status}: no result")
+        log.info("batch %s submitted: %d requests, %.1f MB", batch.id, len(chunk), len(data) / 1e6)
+        return {
+            "batch_id": batch.id,
+            "input_file_id": uploaded.id,
+            "custom_ids": [ids[i] for i, _ in chunk],
+            "status": batch.status,
+            "read": False,
+        }
+
+
+class BatchPending(StopRun):
+    """Batches still running when the job must end; the next run resumes them."""
+
+
+def custom_id(body: dict[str, Any]) -> str:
+    """A request's id in a batch: a hash of what is asked, so a resumed batch's results find their
+    requests whatever their order."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _batch_result(row: dict[str, Any]) -> tuple[str | None, str | None]:
+    response = row.get("response") or {}
+    if response.get("status_code") == 200:
+        choices = response.get("body", {}).get("choices") or [{}]
+        text = choices[0].get("message", {}).get("content")
+        return text, None if text else "empty content"
+    error = row.get("error") or response.get("body", {}).get("error") or {}
+    return None, f"batch error: {error.get('message', response.get('status_code'))}"
 
 
 # --- Hugging Face transformers VLM -----------------------------------------------------------------

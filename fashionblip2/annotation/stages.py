@@ -28,7 +28,9 @@ BACKENDS = {
 }
 
 
-def make_backend(stage: str, settings: dict[str, Any]):
+def make_backend(stage: str, settings: dict[str, Any], *, batch_state: str | None = None):
+    """The stage's backend from its config section; ``batch_state``: where openai-batch records its
+    batches (beside the shard), so that a killed job resumes them."""
     name = settings.get("backend")
     if name not in BACKENDS[stage]:
         raise BadInputError(f"annotation.{stage}.backend {name!r}: expected one of {', '.join(BACKENDS[stage])}")
@@ -55,7 +57,15 @@ def make_backend(stage: str, settings: dict[str, Any]):
     )
     with_image = stage == "caption"
     if name == "openai-batch":
-        return OpenAIBatch(api, with_image=with_image, poll_s=settings.get("poll_s", 30.0))
+        return OpenAIBatch(
+            api,
+            with_image=with_image,
+            poll_s=settings.get("poll_s", 30.0),
+            max_wait_s=settings.get("max_wait_s", 86400),
+            state_path=batch_state,
+            max_requests=settings.get("batch_max_requests", 50_000),
+            max_bytes=int(settings.get("batch_max_mb", 200) * 1e6),
+        )
     return OpenAIChat(api, with_image=with_image)
 
 
