@@ -46,6 +46,13 @@ def script_json(obj: object) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
+def spreadsheet_safe(text: str) -> str:
+    """A cell a spreadsheet shows as text: one that starts like a formula (=, +, -, @, or a tab or
+    carriage return before one) gets a leading apostrophe, as OWASP advises against CSV injection.
+    The texts come from models and datasets, and annotators open these files in spreadsheets."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def kit_id(items: pd.DataFrame) -> str:
     """Identifies the sample: a new sample never reuses scores kept in the browser for another."""
     return hashlib.sha256(items[["item_id", "reference_id", "target_id", "text"]].to_csv().encode()).hexdigest()[:12]
@@ -89,7 +96,7 @@ def write_kit(
                 "item_id": order,
                 "reference_image": [f"images/{i}_reference.jpg" for i in order],
                 "target_image": [f"images/{i}_target.jpg" for i in order],
-                "text": [text_of[i] for i in order],
+                "text": [spreadsheet_safe(text_of[i]) for i in order],
                 **{c: "" for c in CRITERIA},
                 "annotator": str(k),
             }

@@ -167,6 +167,14 @@ def check_entries(source: str, entries: list[dict[str, Any]]) -> None:
             raise BadInputError(f"{where}.path is empty: say where the file goes inside the source folder")
 
 
+def unsafe_image_name(name: str) -> str | None:
+    """Why a name from an image list cannot be a file name in the download folder, or None. A list
+    comes from the web: a name with a folder in it, or ``..``, could write outside the folder."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+        return f"refused: unsafe image name {name!r} (a path, not a file name)"
+    return None
+
+
 def download_source(
     source: str, entries: list[dict[str, Any]], out: Path, settings: DownloadSettings
 ) -> SourceDownload:
@@ -198,7 +206,12 @@ def download_source(
                             entry.get("sha256") or None, settings)  # fmt: skip
             quiet = DownloadSettings(settings.partial_dir, settings.timeout_s, retries=1, backoff_s=0.5, progress=False)
             lines = [line.split() for line in listing.read_text().splitlines() if line.strip()]
-            for name, url in tqdm(lines, desc=f"{source} images", unit="img", disable=not settings.progress):
+            for fields in tqdm(lines, desc=f"{source} images", unit="img", disable=not settings.progress):
+                name, url = (fields + [""])[:2] if len(fields) <= 2 else ("", "")
+                refused = unsafe_image_name(name)
+                if refused or not url:
+                    result.images_failed[" ".join(fields)] = refused or "not a 'name url' line"
+                    continue
                 try:
                     fetch(
                         url, staging / entry.get("folder", "images") / f"{name}{entry.get('suffix', '')}", None, quiet

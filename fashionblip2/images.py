@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 VERIFY_LEVELS = ("exists", "header", "decode")
@@ -52,14 +53,31 @@ def check_image(path: str | os.PathLike[str], level: str = "decode") -> ImageChe
 
 
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image as RGB. Grayscale, palette, CMYK and alpha images are converted (alpha over white)."""
+    """Open an image as RGB. Grayscale, palette, CMYK and alpha images are converted (alpha over white);
+    16-bit and float images are scaled to 8 bits (PIL's own conversion clips them: mostly white)."""
     with Image.open(path) as img:
         img.load()
         if img.mode == "RGB":
             return img.copy()
+        if img.mode.startswith("I") or img.mode == "F":
+            return _high_depth_to_rgb(img)
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             background = Image.new("RGB", rgba.size, (255, 255, 255))
             background.paste(rgba, mask=rgba.getchannel("A"))
             return background
         return img.convert("RGB")
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """A 16-bit (I;16*, or I holding 16-bit values) or float image as 8-bit RGB, by scaling its range:
+    16-bit values by 1/257 (65535 -> 255), floats in [0, 1] by 255."""
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F" and values.size and values.max() <= 1.0:
+        scaled = values * 255.0
+    elif img.mode == "F":
+        scaled = values
+    else:  # 16 bits per sample, whatever PIL calls the mode
+        scaled = values / 257.0
+    gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    return gray.convert("RGB")

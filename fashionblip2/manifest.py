@@ -101,7 +101,9 @@ def read_sources(sources: dict[str, dict[str, Any]], report: InputReport) -> tup
                 spec["root"], report, categories, spec.get("triplet_splits", ["train", "val"])
             )
         else:
-            records += read_catalogue(spec["path"], report, source=spec.get("name", "catalogue"))
+            records += read_catalogue(
+                spec["path"], report, source=spec.get("name", "catalogue"), encoding=spec.get("encoding", "utf-8")
+            )
     return records, triplets
 
 

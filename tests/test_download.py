@@ -222,3 +222,21 @@ def test_the_download_rule_feeds_the_manifest(workflow_copy, tiny_world, tmp_pat
     fiq = images[images.source == "fashioniq"]
     assert len(fiq) and all(p.startswith("data/downloaded/fashioniq/") for p in fiq.path)
     assert "download_fashioniq" not in snakemake(workflow_copy, "-n", "data/manifest/images.parquet", *args).stdout
+
+
+def test_an_image_list_cannot_write_outside_its_folder(tmp_path, serve):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "img.png").write_bytes(b"png")
+    server = serve(site)
+    names = ["../escaped.png", "sub/dir.png", "..", ".hidden.png", "ok.png", "no-url-here"]
+    listing = "".join(f"{n} {server.url}/img.png\n" if n != "no-url-here" else f"{n}\n" for n in names)
+    (site / "list.txt").write_text(listing)
+    entries = [{"kind": "image_list", "url": f"{server.url}/list.txt", "sha256": sha(listing.encode())}]
+    out = tmp_path / "downloads/src"
+    result = download_source("src", entries, out, settings(tmp_path))
+    assert result.images == 1 and (out / "images/ok.png").read_bytes() == b"png"
+    assert sorted(p.name for p in tmp_path.rglob("*.png") if site not in p.parents) == ["ok.png"]
+    assert len(result.images_failed) == 5
+    assert all(v.startswith("refused: unsafe image name") for k, v in result.images_failed.items() if "url" not in k)
+    assert [r["path"] for r in server.requests()].count("/img.png") == 1  # nothing refused was even fetched

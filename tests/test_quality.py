@@ -187,6 +187,17 @@ def test_kit_pages_are_self_contained_escaped_and_blind(kit, sample):
     assert all((kit / p).exists() for p in template.reference_image)
 
 
+@pytest.mark.parametrize("text", ['=HYPERLINK("http://x.invalid","click")', "+1", "-2+3", "@SUM(A1)", "\t=1"])
+def test_kit_sheets_never_hold_a_spreadsheet_formula(tmp_path, sample, text):
+    sample = sample.assign(text=[text, *sample.text[1:]])
+    paths = {image: str(tmp_path / "x.png") for image in set(sample.reference_id) | set(sample.target_id)}
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    write_kit(sample, paths, tmp_path / "kit", annotators=1, seed=0, image_size=8)
+    cells = pd.read_csv(tmp_path / "kit/annotator_1.csv", dtype=str, keep_default_na=False)["text"].tolist()
+    assert f"'{text}" in cells and not any(c[:1] in "=+-@\t" for c in cells)
+    assert text in {i["text"] for i in kit_data(tmp_path / "kit/annotator_1.html")["items"]}  # the page shows it as is
+
+
 def chromium_driver(downloads: Path, profile: Path):
     """Debian's chromium through selenium, offline; skipped (or failed under CI) without them."""
     reason = None

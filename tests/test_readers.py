@@ -4,6 +4,7 @@ out of range, FashionIQ entries without target, and the strict switch that turns
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -196,6 +197,17 @@ def test_load_rgb_converts_every_mode(tmp_path, mode):
     assert img.mode == "RGB" and img.size == (10, 6)
 
 
+def test_a_16_bit_image_keeps_its_contrast(tmp_path):
+    """A real 16-bit PNG (a grey ramp over the full range): scaled to 8 bits, not clipped to white."""
+    ramp = np.linspace(0, 65535, 64 * 32).reshape(32, 64)
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp.astype(np.uint16)).save(path)
+    assert Image.open(path).mode in ("I;16", "I")
+    pixels = np.asarray(load_rgb(path))
+    assert pixels.min() == 0 and pixels.max() == 255 and abs(pixels.mean() - 127.5) < 2
+    assert (pixels[..., 0] == pixels[..., 2]).all() and np.all(np.diff(pixels[0, :, 0].astype(int)) >= 0)
+
+
 def test_rgba_is_composited_over_white(tmp_path):
     path = tmp_path / "a.png"
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(path)
@@ -266,6 +278,16 @@ def test_catalogue_problems(tmp_path):
     assert "missing fields: category" in frame.reason.iloc[1]
     with pytest.raises(BadInputError, match=r"catalogue.csv:3: row has missing fields"):
         read_catalogue(path, InputReport(strict=True))
+
+
+def test_a_catalogue_not_in_its_encoding_is_named_with_its_line(tmp_path):
+    rows = [{"image_path": "img/a.jpg", "category": "dress", "item_id": "1"}] * 2
+    path = write_catalogue(tmp_path, rows + [{"image_path": "img/é.jpg", "category": "robe", "item_id": "3"}])
+    path.write_bytes(path.read_text(encoding="utf-8").encode("latin-1"))
+    with pytest.raises(BadInputError, match=r"catalogue.csv, line 4: not utf-8 text \(byte 0xe9 at column 5\)"):
+        read_catalogue(path, InputReport())
+    records = read_catalogue(path, InputReport(), encoding="latin-1")
+    assert records[-1].image_id == "catalogue:img/é"
 
 
 def test_catalogue_without_a_required_column_is_a_user_error(tmp_path):

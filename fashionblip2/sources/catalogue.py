@@ -26,7 +26,25 @@ def _text(value: object) -> str:
     return " ".join(str(value).split())
 
 
-def read_catalogue(path: str | os.PathLike[str], report: InputReport, source: str = "catalogue") -> list[ImageRecord]:
+def check_encoding(path: Path, encoding: str) -> None:
+    """A text catalogue that is not in ``encoding`` stops the run naming the first bad line (pandas
+    alone names a byte offset, or silently reads mojibake)."""
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise BadInputError(
+                    f"{path}, line {line_number}: not {encoding} text (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); save the catalogue as UTF-8, or set sources.catalogue.encoding"
+                ) from e
+            except LookupError as e:
+                raise BadInputError(f"sources.catalogue.encoding: unknown encoding {encoding!r}") from e
+
+
+def read_catalogue(
+    path: str | os.PathLike[str], report: InputReport, source: str = "catalogue", encoding: str = "utf-8"
+) -> list[ImageRecord]:
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"{path}: catalogue file not found; check sources.catalogue.path")
@@ -34,7 +52,9 @@ def read_catalogue(path: str | os.PathLike[str], report: InputReport, source: st
         table = pd.read_parquet(path)
         first_row = 0  # a Parquet row's "line" is its row number
     elif path.suffix.lower() in (".csv", ".tsv"):
-        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+        check_encoding(path, encoding)
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding)
         first_row = 2  # line 1 is the header
     else:
         raise BadInputError(f"{path}: unsupported catalogue format {path.suffix!r}; use .csv, .tsv or .parquet")
