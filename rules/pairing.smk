@@ -30,7 +30,7 @@ rule embed:
         " --precision {params.precision} --seed {params.seed} --threads {threads} {params.run_options} --out {output} 2> {log}"
 
 
-rule embeddings:
+rule gather_embeddings:
     input:
         embedding_shards(),
     output:
@@ -46,7 +46,7 @@ rule embeddings:
         "../envs/data.yaml"
     threads: 1
     resources:
-        **cluster_resources("embeddings", runtime=30, mem_mb=8000),
+        **cluster_resources("gather_embeddings", runtime=30, mem_mb=8000),
     shell:
         "python workflow_scripts/gather_embeddings.py --shards {input} --out {output.embeddings}"
         " --report {output.report} --model {params.model:q} --pretrained={params.pretrained:q}"

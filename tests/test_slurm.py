@@ -31,7 +31,7 @@ COMPARED = [
 ]
 # Jobs that SLURM runs; the gather steps and Table 1 are local rules (seconds of work each), and so
 # is `modify` here, whose backend is an API (a loopback server): API jobs run where the internet is.
-SUBMITTED = ["synthetic_world", "manifest", "embed", "embeddings", "pair", "caption", "facap"]
+SUBMITTED = ["synthetic_world", "manifest", "embed", "gather_embeddings", "pair", "caption", "facap"]
 
 
 @pytest.fixture

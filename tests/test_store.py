@@ -17,8 +17,8 @@ from fashionblip2.store import remote_url, resolve_tracked, tracked_outputs
 from tests.conftest import REPO, WORKFLOW_FILES, python_first_env, snakemake
 
 PRESET = ["--configfile", "config/presets/test.yaml", "store.yaml"]
-DATASET_RULES = {"synthetic_world", "manifest", "embed", "embeddings", "pair", "caption", "captions", "modify",
-                 "modifications", "facap", "enhfashioniq"}  # fmt: skip
+DATASET_RULES = {"synthetic_world", "manifest", "embed", "gather_embeddings", "pair", "caption", "gather_captions",
+                 "modify", "gather_modifications", "facap", "enhfashioniq"}  # fmt: skip
 
 
 def git(cwd: Path, *args: str) -> str:
