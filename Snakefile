@@ -43,6 +43,10 @@ include: "rules/evaluation.smk"
 include: "rules/results.smk"
 
 
+onstart:
+    cluster_preflight()
+
+
 rule all:
     input:
         all_targets(),

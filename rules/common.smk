@@ -3,6 +3,9 @@ import json
 import os
 import shlex
 
+from snakemake.exceptions import WorkflowError
+
+from fashionblip2.cluster import JobRequest, preflight
 from fashionblip2.config import (
     annotation_answer_settings,
     annotation_run_settings,
@@ -177,13 +180,18 @@ def rule_resources(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
+def rule_gpus(rule_name, default=0):
+    """GPUs per job of a rule: resources.<rule>.gpu, or none at all when cluster.use_gpus is false."""
+    return rule_resources(rule_name, "gpu", default) if config["cluster"]["use_gpus"] else 0
+
+
 def cluster_resources(rule_name, runtime, mem_mb, gpu=0):
     """A rule's resources: `resources.<rule>` in config overrides the rule's defaults; `cluster:` adds
     the SLURM partition, account and GPU model (the executor turns these into sbatch options; a
     local run ignores them, and counts `gpu` only when given `--resources gpu=N`)."""
     spec = config.get("resources", {}).get(rule_name, {})
     cluster = config["cluster"]
-    gpus = spec.get("gpu", gpu)
+    gpus = rule_gpus(rule_name, gpu)
     out = {
         "runtime": spec.get("runtime", runtime),
         "mem_mb": spec.get("mem_mb", mem_mb),
@@ -205,7 +213,7 @@ def cluster_resources(rule_name, runtime, mem_mb, gpu=0):
 def launcher(rule_name):
     """How a training script starts: plain python, or torchrun with one process per GPU when the
     rule is given several (data-parallel; the contrastive negatives are gathered across GPUs)."""
-    gpus = rule_resources(rule_name, "gpu", 0)
+    gpus = rule_gpus(rule_name)
     return f"torchrun --standalone --nproc-per-node={gpus}" if gpus > 1 else "python"
 
 
@@ -356,3 +364,35 @@ RUN = {
         name: os.path.join(config["training"]["checkpoint_dir"], name) for name in ("backbone", "stage1", "stage2")
     },
 }
+
+
+def cluster_requests():
+    """What each rule's jobs of this run will ask SLURM for (the largest request per rule)."""
+    largest = {}
+    for job in workflow.dag.needrun_jobs():
+        if job.is_local:
+            continue
+        res = job.resources
+        request = JobRequest(
+            job.name,
+            partition=res.get("slurm_partition") or None,
+            runtime_min=int(res.get("runtime", 0) or 0),
+            mem_mb=int(res.get("mem_mb", 0) or 0),
+            cpus=int(res.get("cpus_per_task", 0) or job.threads),
+            gpus=int(res.get("gpu", 0) or 0),
+            gpu_model=res.get("gpu_model") or None,
+        )
+        size = (request.gpus, request.mem_mb, request.runtime_min, request.cpus)
+        if job.name not in largest or size > largest[job.name][0]:
+            largest[job.name] = (size, request)
+    return [request for _, request in largest.values()]
+
+
+def cluster_preflight():
+    """On a SLURM run, before the first submission: stop if the cluster can never run a job."""
+    plugin = workflow.executor_plugin
+    if plugin is not None and plugin.name == "slurm" and not workflow.dryrun:
+        try:
+            preflight(cluster_requests())
+        except RuntimeError as e:  # a message for the user, not a traceback
+            raise WorkflowError(str(e)) from None

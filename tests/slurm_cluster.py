@@ -62,7 +62,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={root}/jobcomp.txt
 MpiDefault=none
-NodeName={host} CPUs={cpus} RealMemory={memory} Gres=gpu:2 State=UNKNOWN
+NodeName={host} CPUs={cpus} RealMemory={memory}{gres} State=UNKNOWN
 PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={host} Default=NO MaxTime=INFINITE State=UP
 """
@@ -77,10 +77,11 @@ def _free_port() -> int:
 class SlurmCluster:
     """Start with `start()`, stop with `stop()`; `env` is what clients (sbatch, snakemake) need."""
 
-    def __init__(self, root: Path, memory_mb: int = 16000) -> None:
+    def __init__(self, root: Path, memory_mb: int = 16000, gpus: int = 2) -> None:
         self.root = Path(root)
         self.host = socket.gethostname().split(".")[0]
         self.memory_mb = memory_mb
+        self.gpus = gpus  # fake GPUs on /dev/null and /dev/zero: at most 2; 0 is a CPU-only cluster
         self.conf = self.root / "slurm.conf"
         self.bin = self.root / "bin"
         self.pids: dict[str, int] = {}
@@ -98,13 +99,13 @@ class SlurmCluster:
                 root=self.root,
                 cpus=os.cpu_count(),
                 memory=self.memory_mb,
+                gres=f" Gres=gpu:{self.gpus}" if self.gpus else "",
                 ctld_port=_free_port(),
                 d_port=_free_port(),
             )
         )
-        (self.root / "gres.conf").write_text(
-            "".join(f"NodeName={self.host} Name=gpu File={device}\n" for device in ("/dev/null", "/dev/zero"))
-        )
+        devices = ("/dev/null", "/dev/zero")[: self.gpus]
+        (self.root / "gres.conf").write_text("".join(f"NodeName={self.host} Name=gpu File={d}\n" for d in devices))
         # The job step starts `srun` with SLURM_* cleared: a wrapper first on PATH restores the config.
         self.bin.mkdir(exist_ok=True)
         srun = self.bin / "srun"

@@ -335,6 +335,10 @@ def test_failed_answers_fail_the_run_and_one_command_asks_again_only_for_them(wo
     assert len(pd.read_csv(workflow_copy / "logs/annotation/modify_0_failures.tsv", sep="\t")) > 0
     texts = pd.read_parquet(workflow_copy / "data/annotation/modifications.parquet")
     questions = texts.loc[texts["status"] != "ok", "key"].nunique()  # two pairs may ask the same question
+    # One request per distinct question (the tiny world has pairs asking the same one), and one more
+    # for each that failed.
+    assert texts["key"].nunique() < len(texts)
+    assert len(faulty.requests()) == texts["key"].nunique() + questions
 
     # The cause fixed: the documented command asks for the failed questions only, each once.
     fixed = server_factory()

@@ -34,17 +34,53 @@ COMPARED = [
 SUBMITTED = ["synthetic_world", "manifest", "embed", "gather_embeddings", "pair", "caption", "facap"]
 
 
-@pytest.fixture
-def slurm_cluster(tmp_path_factory):
+def started_cluster(root: Path, gpus: int = 2) -> SlurmCluster:
     require_service(missing_requirements())
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    cluster = SlurmCluster(root, gpus=gpus)
     try:
         cluster.start()
     except Exception as error:  # noqa: BLE001 - the reason is the message
         cluster.stop()
         require_service(f"a SLURM cluster could not start here: {error}")
+    return cluster
+
+
+@pytest.fixture
+def slurm_cluster(tmp_path_factory):
+    cluster = started_cluster(tmp_path_factory.mktemp("slurm"))
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def cpu_only_cluster(tmp_path_factory):
+    """The same single-node cluster with no GPU at all (no gres)."""
+    cluster = started_cluster(tmp_path_factory.mktemp("slurm"), gpus=0)
+    yield cluster
+    cluster.stop()
+
+
+def run_profile(cluster: SlurmCluster, workdir: Path, target: str, *configfiles: str) -> subprocess.CompletedProcess:
+    """`snakemake --profile slurm <target>` on the tiny preset, with the test cluster's environment."""
+    # Jobs inherit this environment: the project's python first on PATH, and the cluster's config.
+    env = python_first_env(cluster.env, cluster.bin)
+    args = [
+        sys.executable, "-m", "snakemake", "--profile", "slurm", target,
+        "--configfile", "config/presets/test.yaml", *configfiles,
+        # Without SLURM accounting, job states come from squeue (finished jobs stay MinJobAge = 600 s).
+        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+        "--seconds-between-status-checks", "1", "--slurm-no-account", "--latency-wait", "5",
+    ]  # fmt: skip
+    # The SLURM executor can wait forever on a broken cluster: a hard limit keeps CI moving.
+    return subprocess.run(["timeout", "-k", "10", "480", *args], cwd=workdir, env=env, capture_output=True, text=True)
+
+
+def submitted_jobs(cluster: SlurmCluster) -> list[dict[str, str]]:
+    """SLURM's own records of the jobs it was given (Snakemake puts the rule in the job's comment)."""
+    env = python_first_env(cluster.env, cluster.bin)
+    shown = subprocess.run(["scontrol", "-o", "show", "job"], env=env, capture_output=True, text=True, check=True)
+    jobs = [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in shown.stdout.splitlines()]
+    return [j for j in jobs if j]  # "No jobs in the system" is no job
 
 
 def digest(root: Path, relative: str) -> dict[str, str]:
@@ -66,27 +102,15 @@ def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(
     overlay = {"cluster": {"partition": "cpu", "gpu_partition": "gpu"}, "annotation": {"modification": api}}
     (workflow_copy / "cluster.yaml").write_text(yaml.safe_dump(overlay))
     on_slurm = copy_workflow(workflow_copy, tmp_path / "on_slurm")
-    # Jobs inherit this environment: the project's python first on PATH, and the cluster's config.
-    env = python_first_env(slurm_cluster.env, slurm_cluster.bin)
-    args = [
-        sys.executable, "-m", "snakemake", "--profile", "slurm", TARGET,
-        "--configfile", "config/presets/test.yaml", "cluster.yaml",
-        # Without SLURM accounting, job states come from squeue (finished jobs stay MinJobAge = 600 s).
-        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-        "--seconds-between-status-checks", "1", "--slurm-no-account", "--latency-wait", "5",
-    ]  # fmt: skip
-    # The SLURM executor can wait forever on a broken cluster: a hard limit keeps CI moving.
-    proc = subprocess.run(
-        ["timeout", "-k", "10", "480", *args], cwd=on_slurm, env=env, capture_output=True, text=True
-    )  # fmt: skip
+    proc = run_profile(slurm_cluster, on_slurm, TARGET, "cluster.yaml")
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n{slurm_cluster.logs_tail()}"
 
-    # SLURM's own records: the jobs it ran (Snakemake puts the rule in the job's comment).
-    shown = subprocess.run(["scontrol", "-o", "show", "job"], env=env, capture_output=True, text=True, check=True)
-    jobs = [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in shown.stdout.splitlines()]
+    # SLURM's own records: the jobs it ran.
+    jobs = submitted_jobs(slurm_cluster)
+    shown = "\n".join(map(str, jobs))
     rule_of = {j["JobId"]: j["Comment"].removeprefix("rule_").split("_wildcards_")[0] for j in jobs}
-    assert sorted(set(rule_of.values())) == sorted(SUBMITTED), shown.stdout
-    assert all(j["JobState"] == "COMPLETED" for j in jobs), shown.stdout
+    assert sorted(set(rule_of.values())) == sorted(SUBMITTED), shown
+    assert all(j["JobState"] == "COMPLETED" for j in jobs), shown
     completed = slurm_cluster.completed_jobs()  # the job-completion log, written by slurmctld
     assert {r["JobId"] for r in completed} == set(rule_of) and {r["JobState"] for r in completed} == {"COMPLETED"}
     # GPU rules (the tiny preset gives `embed` one GPU) went to the GPU partition and asked for one.
@@ -104,3 +128,27 @@ def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(
     # Nothing left to do under either executor.
     dry = snakemake(on_slurm, "-n", TARGET, "--configfile", "config/presets/test.yaml", "cluster.yaml")
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+@pytest.mark.e2e
+def test_a_cluster_that_cannot_run_a_job_says_so_before_anything_is_submitted(cpu_only_cluster, workflow_copy):
+    """No GPU anywhere: the tiny preset's `embed` (one GPU) is named with the limit before any sbatch;
+    with cluster.use_gpus false the same target runs, every job on CPUs."""
+    target = "data/embeddings/images.npz"
+    (workflow_copy / "cluster.yaml").write_text(
+        yaml.safe_dump({"cluster": {"partition": "cpu", "gpu_partition": "gpu"}})
+    )
+    refused = run_profile(cpu_only_cluster, workflow_copy, target, "cluster.yaml")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert "nothing was submitted" in output, output[-4000:]
+    assert "rule embed: asks for 1 GPUs (gpus), but the largest node of partition 'gpu' has 0" in output
+    assert submitted_jobs(cpu_only_cluster) == []
+
+    (workflow_copy / "cpu.yaml").write_text(yaml.safe_dump({"cluster": {"use_gpus": False}}))
+    ran = run_profile(cpu_only_cluster, workflow_copy, target, "cluster.yaml", "cpu.yaml")
+    assert ran.returncode == 0, f"{ran.stdout[-3000:]}\n{ran.stderr[-6000:]}\n{cpu_only_cluster.logs_tail()}"
+    jobs = submitted_jobs(cpu_only_cluster)
+    embeds = [j for j in jobs if j["Comment"].startswith("rule_embed_")]
+    assert len(embeds) == 2 and all(j["Partition"] == "cpu" and "gpu" not in j.get("TresPerJob", "") for j in embeds)
+    assert all(j["JobState"] == "COMPLETED" for j in jobs)
