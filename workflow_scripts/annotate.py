@@ -53,7 +53,7 @@ def main() -> None:
         "--run-settings",
         default="{}",
         help="JSON: the annotation.<stage> keys that change how it runs, not its answers (concurrency, timeouts, "
-        "max_failed_fraction, ...)",
+        "max_failed_fraction: without it any failed answer stops the shard, ...)",
     )
     parser.add_argument("--prices", default="{}", help="the config's annotation.prices as JSON")
     parser.add_argument("--prompt", required=True, help="prompt file (YAML chat messages)")

@@ -67,9 +67,7 @@ def annotate(
     bar = tqdm(total=len(pending), desc=desc, unit="req", disable=not progress or not pending)
 
     def settle(i: int, text: str | None, status: str, reason: str) -> None:
-        first, *others = same[keys[i]]
-        outcomes[first] = Outcome(keys[i], text, status, reason, False)
-        for j in others:  # the same question asked once: the others share its answer without a call
+        for j in same[keys[i]]:  # the same question asked once: every request asking it shares the answer
             outcomes[j] = Outcome(keys[i], text, status, reason, False)
         bar.update(1)
 
