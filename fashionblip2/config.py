@@ -13,6 +13,7 @@ Standard library only: the Snakefile imports it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -53,6 +54,12 @@ def training_result_settings(config: dict[str, Any], run: str) -> dict[str, Any]
 
 def training_run_settings(config: dict[str, Any]) -> dict[str, Any]:
     return pick(config["training"], TRAINING_RUNTIME_KEYS)
+
+
+def runtime_minutes(work: float, per_second: float, *, margin: float, startup_min: float) -> int:
+    """A job's runtime request (minutes): its work at the stated speed, times a safety margin, plus
+    the time to start (loading a model, reading the inputs)."""
+    return max(1, math.ceil(startup_min + margin * work / per_second / 60))
 
 
 def uses_api(config: dict[str, Any], stage: str) -> bool:

@@ -180,3 +180,19 @@ def resolve_roots(
 def manifest_paths(manifest: pd.DataFrame) -> dict[str, str]:
     """Image id -> file path."""
     return dict(zip(manifest["image_id"], manifest["path"], strict=True))
+
+
+def select_for_pairing(images: pd.DataFrame, sources: list[str], fashioniq_splits: list[str]) -> pd.DataFrame:
+    """The manifest rows that are embedded and paired: the listed sources; FashionIQ only in the given splits.
+
+    FashionIQ lists a few images under two categories; the rows stay (each category's pairing
+    needs them), but they share one image file.
+    """
+    keep = images["source"].isin(sources)
+    keep &= (images["source"] != "fashioniq") | images["split"].isin(fashioniq_splits)
+    return images[keep].reset_index(drop=True)
+
+
+def count_for_pairing(manifest: str | os.PathLike[str], sources: list[str], fashioniq_splits: list[str]) -> int:
+    """How many manifest images :func:`select_for_pairing` chooses (reads two columns only)."""
+    return len(select_for_pairing(pd.read_parquet(manifest, columns=["source", "split"]), sources, fashioniq_splits))

@@ -237,17 +237,6 @@ def iter_blocks(n: int, block: int) -> Iterator[tuple[int, int]]:
         yield i0, min(i0 + block, n)
 
 
-def select_for_pairing(images: pd.DataFrame, sources: list[str], fashioniq_splits: list[str]) -> pd.DataFrame:
-    """The manifest rows that are embedded and paired: the listed sources; FashionIQ only in the given splits.
-
-    FashionIQ lists a few images under two categories; the rows stay (each category's pairing
-    needs them), but they share one image file.
-    """
-    keep = images["source"].isin(sources)
-    keep &= (images["source"] != "fashioniq") | images["split"].isin(fashioniq_splits)
-    return images[keep].reset_index(drop=True)
-
-
 def align_embeddings(
     images: pd.DataFrame, image_ids: np.ndarray, vectors: np.ndarray, failed_ids: np.ndarray, *, where: str
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:

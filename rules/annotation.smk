@@ -46,7 +46,7 @@ rule caption:
         "../envs/vlm.yaml"
     threads: rule_resources("caption", "threads", 1)
     resources:
-        **cluster_resources("caption", runtime=60, mem_mb=8000, gpu=0),
+        **cluster_resources("caption", runtime=caption_runtime, mem_mb=8000, gpu=0),
     shell:
         "python workflow_scripts/annotate.py --stage caption --shard {wildcards.shard} --shards {params.shards}"
         " --settings {params.settings:q} --run-settings {params.run_settings:q} --prices {params.prices:q}"

@@ -1,4 +1,5 @@
 # Paths, input functions and config helpers shared by every rule file (no rules here).
+import errno
 import json
 import os
 import shlex
@@ -10,10 +11,13 @@ from fashionblip2.config import (
     annotation_answer_settings,
     annotation_run_settings,
     as_json,
+    runtime_minutes,
     training_result_settings,
     training_run_settings,
     uses_api,
 )
+from fashionblip2.embedding_file import shard_bounds
+from fashionblip2.manifest import count_for_pairing
 
 SYNTHETIC_WORLD = "data/synthetic/world"
 # A source whose root is "download" is fetched here from the URLs in downloads.files.<source>.
@@ -366,6 +370,14 @@ RUN = {
 }
 
 
+def known_int(value):
+    """A resource as a number; 0 when it is only known at submission (computed from the job's inputs)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def cluster_requests():
     """What each rule's jobs of this run will ask SLURM for (the largest request per rule)."""
     largest = {}
@@ -376,8 +388,8 @@ def cluster_requests():
         request = JobRequest(
             job.name,
             partition=res.get("slurm_partition") or None,
-            runtime_min=int(res.get("runtime", 0) or 0),
-            mem_mb=int(res.get("mem_mb", 0) or 0),
+            runtime_min=known_int(res.get("runtime")),
+            mem_mb=known_int(res.get("mem_mb")),
             cpus=int(res.get("cpus_per_task", 0) or job.threads),
             gpus=int(res.get("gpu", 0) or 0),
             gpu_model=res.get("gpu_model") or None,
@@ -396,3 +408,52 @@ def cluster_preflight():
             preflight(cluster_requests())
         except RuntimeError as e:  # a message for the user, not a traceback
             raise WorkflowError(str(e)) from None
+
+
+# --- runtime requests from throughput (config `throughput:`, the one place) -------------------------
+
+
+def runtime_for(work, speed):
+    """Minutes for `work` units at `throughput.<speed>` units per second."""
+    spec = config["throughput"]
+    per_second = 1.0 if speed == "seconds" else spec[speed]
+    return runtime_minutes(work, per_second, margin=spec["margin"], startup_min=spec["startup_min"])
+
+
+def made(path):
+    """An input that a resource is computed from. Snakemake asks for resources before the inputs
+    exist (a dry run, the preflight): a FileNotFoundError naming the input makes the value <TBD>,
+    computed again when the job is submitted."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    return path
+
+
+def embed_runtime(wildcards, input):
+    """The images of this shard at the stated embedding speed (counted when the job is submitted)."""
+    n = count_for_pairing(made(input.manifest), config["pairing"]["sources"], config["pairing"]["fashioniq_splits"])
+    start, end = shard_bounds(n, config["embedding"]["shards"], int(wildcards.shard))
+    return runtime_for(end - start, "embed_images_per_s")
+
+
+def caption_runtime(wildcards, input):
+    """The images of this caption shard at the stated captioning speed."""
+    import pandas as pd
+
+    pairs = pd.read_parquet(made(input.pairs), columns=["reference_id", "target_id"])
+    n = len(pd.unique(pd.concat([pairs["reference_id"], pairs["target_id"]])))
+    start, end = shard_bounds(n, config["annotation"]["shards"], int(wildcards.shard))
+    return runtime_for(end - start, "caption_images_per_s")
+
+
+def training_runtime(run):
+    """A training run's steps at the stated seconds per step."""
+    seconds = config["training"][run]["steps"] * config["throughput"]["train_s_per_step"][run]
+    return runtime_for(seconds, "seconds")
+
+
+def inference_runtime(wildcards, input):
+    """Every manifest image once (an upper bound of a gallery and its queries) at the stated speed."""
+    import pyarrow.parquet as pq
+
+    return runtime_for(pq.ParquetFile(made(input.manifest)).metadata.num_rows, "inference_images_per_s")

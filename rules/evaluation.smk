@@ -23,7 +23,7 @@ rule evaluate:
         "../envs/train.yaml"
     threads: rule_resources("evaluate", "threads", 1)
     resources:
-        **cluster_resources("evaluate", runtime=60, mem_mb=16000, gpu=0),
+        **cluster_resources("evaluate", runtime=inference_runtime, mem_mb=16000, gpu=0),
     shell:
         "python workflow_scripts/evaluate_model.py --model {input.model} --manifest {input.manifest}"
         " --fashioniq-root {params.fashioniq_root} --enhfashioniq {input.enhfashioniq}"
@@ -47,7 +47,7 @@ rule search_index:
         "../envs/train.yaml"
     threads: rule_resources("search_index", "threads", 1)
     resources:
-        **cluster_resources("search_index", runtime=60, mem_mb=16000, gpu=0),
+        **cluster_resources("search_index", runtime=inference_runtime, mem_mb=16000, gpu=0),
     shell:
         "python workflow_scripts/build_search_index.py --model {input.model} --manifest {input.manifest}"
         " --sources {params.sources:q} --splits {params.splits:q} {params.run_options} --threads {threads}"

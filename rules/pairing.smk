@@ -22,7 +22,7 @@ rule embed:
         "../envs/clip.yaml"
     threads: rule_resources("embed", "threads", 2)
     resources:
-        **cluster_resources("embed", runtime=60, mem_mb=8000, gpu=1),
+        **cluster_resources("embed", runtime=embed_runtime, mem_mb=8000, gpu=1),
     shell:
         "OMP_NUM_THREADS={threads} python workflow_scripts/embed_images.py --manifest {input.manifest}"
         " --shard {wildcards.shard} --shards {params.shards} --sources {params.sources:q}"

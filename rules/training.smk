@@ -48,7 +48,7 @@ rule pretrain:
         "../envs/train.yaml"
     threads: rule_resources("pretrain", "threads", 1)
     resources:
-        **cluster_resources("pretrain", runtime=600, mem_mb=16000, gpu=0),
+        **cluster_resources("pretrain", runtime=training_runtime("pretrain"), mem_mb=16000, gpu=0),
     shell:
         "{params.launcher} workflow_scripts/pretrain_backbone.py --manifest {input.manifest}"
         " --tokenizer {input.tokenizer} --image-size {params.image_size} --max-text-length {params.max_text_length}"
@@ -79,7 +79,7 @@ rule train_stage1:
         "../envs/train.yaml"
     threads: rule_resources("train_stage1", "threads", 1)
     resources:
-        **cluster_resources("train_stage1", runtime=1440, mem_mb=32000, gpu=0),
+        **cluster_resources("train_stage1", runtime=training_runtime("stage1"), mem_mb=32000, gpu=0),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage 1 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
@@ -113,7 +113,7 @@ rule train_stage2:
         "../envs/train.yaml"
     threads: rule_resources("train_stage2", "threads", 1)
     resources:
-        **cluster_resources("train_stage2", runtime=600, mem_mb=32000, gpu=0),
+        **cluster_resources("train_stage2", runtime=training_runtime("stage2"), mem_mb=32000, gpu=0),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage 2 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"

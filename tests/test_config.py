@@ -14,6 +14,7 @@ from fashionblip2.config import (
     annotation_run_settings,
     check_paths,
     path_problems,
+    runtime_minutes,
     training_result_settings,
     training_run_settings,
 )
@@ -53,6 +54,13 @@ def test_every_missing_path_is_named_by_its_key(config, tmp_path):
     ]
     with pytest.raises(ValueError, match="the config names paths that are not there"):
         check_paths(config, tmp_path)
+
+
+def test_runtime_requests_follow_the_work():
+    assert runtime_minutes(0, 10, margin=2, startup_min=5) == 5
+    assert runtime_minutes(6000, 100, margin=1.5, startup_min=5) == 5 + 2  # 60 s of work, 90 s asked
+    assert runtime_minutes(4500 * 18.0, 1, margin=1.5, startup_min=15) == 2040  # the paper's stage 1, stated
+    assert runtime_minutes(1, 1e9, margin=1, startup_min=0) == 1
 
 
 def test_run_settings_never_overlap_the_settings_that_change_results(config):

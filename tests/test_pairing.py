@@ -2,13 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fashionblip2.manifest import count_for_pairing, select_for_pairing
 from fashionblip2.pairing import (
     align_embeddings,
     draw_rank,
     knn,
     other_item_neighbours,
     pair_groups,
-    select_for_pairing,
 )
 from fashionblip2.report import BadInputError
 
@@ -144,3 +144,10 @@ def test_select_for_pairing():
     )
     chosen = select_for_pairing(images, ["fashion200k", "fashioniq", "deepfashion_mm"], ["val"])
     assert chosen.image_id.tolist() == ["a", "b", "d"]
+
+
+def test_count_for_pairing_reads_the_manifest_file(tmp_path):
+    images = pd.DataFrame({"image_id": list("abc"), "source": ["fashion200k", "fashioniq", "fashioniq"],
+                           "split": ["train", "val", "test"], "path": "x"})  # fmt: skip
+    images.to_parquet(tmp_path / "m.parquet")
+    assert count_for_pairing(tmp_path / "m.parquet", ["fashion200k", "fashioniq"], ["val"]) == 2

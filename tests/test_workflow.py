@@ -14,6 +14,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from fashionblip2.config import runtime_minutes
 from tests.conftest import REPO, python_first_env, snakemake
 
 # Rules allowed to read the synthetic world's ground truth (evaluation only).
@@ -125,6 +126,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
     again = snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
     check_minimal_reruns(workflow_copy)
+    check_runtime_requests(workflow_copy, len(images[images.source != "fashioniq"]) + (images.split == "val").sum())
 
     # The report: every table and figure as a report item, with its caption.
     snakemake(workflow_copy, "--report", "report.html", "--configfile", "config/presets/test.yaml")
@@ -233,6 +235,24 @@ def check_minimal_reruns(workdir) -> None:
         proc = snakemake(workdir, "-n", "all", "--configfile", "config/presets/test.yaml", "overlay.yaml", check=False)
         assert proc.returncode != 0 and named in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     (workdir / "overlay.yaml").unlink()
+
+
+def check_runtime_requests(workdir, embedded: int) -> None:
+    """Each GPU job asks for the time its work takes at the stated speed (config `throughput`)."""
+    preset = yaml.safe_load((workdir / "config/presets/test.yaml").read_text())
+    speeds = yaml.safe_load((workdir / "config.yaml").read_text())["throughput"]
+    out = snakemake(workdir, "-n", "all", "--configfile", "config/presets/test.yaml", "--forcerun", "embed",
+                    "train_stage1").stdout  # fmt: skip
+    asked = {}
+    for block in out.split("\nrule ")[1:]:
+        rule, runtime = block.split(":", 1)[0], re.search(r"runtime=(\d+)", block)
+        if runtime:
+            asked.setdefault(rule, set()).add(int(runtime.group(1)))
+    timed = lambda seconds: runtime_minutes(seconds, 1, margin=speeds["margin"], startup_min=speeds["startup_min"])  # noqa: E731
+    shards = [embedded // 2, embedded - embedded // 2]  # the tiny preset's two shards
+    assert asked["embed"] == {timed(n / speeds["embed_images_per_s"]) for n in shards}
+    steps = preset["training"]["stage1"]["steps"]
+    assert asked["train_stage1"] == {timed(steps * speeds["train_s_per_step"]["stage1"])}
 
 
 @pytest.mark.e2e
