@@ -1,5 +1,6 @@
 # FACap / FashionBLIP-2: build a fashion composed-image-retrieval dataset and train and evaluate
 # FashionBLIP-2 on it. `snakemake --cores 2 all` runs the embedded default (a synthetic world).
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from fashionblip2.config import check_paths
@@ -13,7 +14,10 @@ configfile: "config.yaml"
 validate(config, "config/schema.yaml")
 # Every path the config names, checked before the first job starts (a GPU job must never be the one
 # to find a typo): the message names the config key.
-check_paths(config)
+try:
+    check_paths(config)
+except ValueError as e:  # a message for the user, not a traceback
+    raise WorkflowError(str(e)) from None
 
 
 report: "report/workflow.rst"

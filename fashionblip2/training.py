@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fashionblip2.distributed import init_from_env, world
+from fashionblip2.distributed import average_gradients, init_from_env, world
 from fashionblip2.grad_cache import grad_cache_step
 from fashionblip2.io import atomic_path
 
@@ -151,8 +151,6 @@ def train(
     rank, world_size = world()
     if cfg.batch_size % world_size:
         raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes")
-    if cfg.micro_batch_size and world_size > 1:
-        raise TrainingError("micro_batch_size (gradient cache) is not supported with several processes yet")
     model.to(device)
     if cfg.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
@@ -201,7 +199,11 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             cached = 0 < cfg.micro_batch_size < cfg.batch_size // world_size
             if cached:
+                # The plain module, not DDP: the cache back-propagates several times per step, and the
+                # gradients are averaged over ranks once, below.
                 parts = grad_cache_step(model, batch, cfg.micro_batch_size, autocast)  # back-propagates
+                if world_size > 1:
+                    average_gradients(params)
             else:
                 with autocast:
                     parts = loss_fn(trained, batch)

@@ -413,10 +413,9 @@ def cluster_preflight():
 # --- runtime requests from throughput (config `throughput:`, the one place) -------------------------
 
 
-def runtime_for(work, speed):
-    """Minutes for `work` units at `throughput.<speed>` units per second."""
+def runtime_for(work, per_second):
+    """Minutes for `work` units at `per_second` units a second, with throughput's margin and start-up."""
     spec = config["throughput"]
-    per_second = 1.0 if speed == "seconds" else spec[speed]
     return runtime_minutes(work, per_second, margin=spec["margin"], startup_min=spec["startup_min"])
 
 
@@ -433,7 +432,7 @@ def embed_runtime(wildcards, input):
     """The images of this shard at the stated embedding speed (counted when the job is submitted)."""
     n = count_for_pairing(made(input.manifest), config["pairing"]["sources"], config["pairing"]["fashioniq_splits"])
     start, end = shard_bounds(n, config["embedding"]["shards"], int(wildcards.shard))
-    return runtime_for(end - start, "embed_images_per_s")
+    return runtime_for(end - start, config["throughput"]["embed_images_per_s"])
 
 
 def caption_runtime(wildcards, input):
@@ -443,17 +442,18 @@ def caption_runtime(wildcards, input):
     pairs = pd.read_parquet(made(input.pairs), columns=["reference_id", "target_id"])
     n = len(pd.unique(pd.concat([pairs["reference_id"], pairs["target_id"]])))
     start, end = shard_bounds(n, config["annotation"]["shards"], int(wildcards.shard))
-    return runtime_for(end - start, "caption_images_per_s")
+    return runtime_for(end - start, config["throughput"]["caption_images_per_s"])
 
 
 def training_runtime(run):
     """A training run's steps at the stated seconds per step."""
     seconds = config["training"][run]["steps"] * config["throughput"]["train_s_per_step"][run]
-    return runtime_for(seconds, "seconds")
+    return runtime_for(seconds, 1.0)
 
 
 def inference_runtime(wildcards, input):
     """Every manifest image once (an upper bound of a gallery and its queries) at the stated speed."""
     import pyarrow.parquet as pq
 
-    return runtime_for(pq.ParquetFile(made(input.manifest)).metadata.num_rows, "inference_images_per_s")
+    images = pq.ParquetFile(made(input.manifest)).metadata.num_rows
+    return runtime_for(images, config["throughput"]["inference_images_per_s"])
