@@ -28,11 +28,14 @@ demo: install
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: install
 	$(BIN)/ruff check fashionblip2 workflow_scripts tests benchmarks
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakemake --lint
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: install
 	$(BIN)/ruff check fashionblip2 workflow_scripts tests benchmarks
+	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
 
 clean-results:

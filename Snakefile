@@ -37,7 +37,6 @@ wildcard_constraints:
     dataset="|".join(EVAL_DATASETS),
 
 
-
 include: "rules/sources.smk"
 include: "rules/pairing.smk"
 include: "rules/annotation.smk"
@@ -52,6 +51,6 @@ onstart:
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -33,12 +33,6 @@ rule caption:
         model=captioner_folder(),
     output:
         CAPTION_SHARD,
-    params:
-        shards=config["annotation"]["shards"],
-        settings=as_json(annotation_answer_settings(config, "caption")),
-        run_settings=run_only(RUN["caption"]),
-        prices=run_only(RUN["prices"]),
-        cache=run_only(config["annotation"]["cache_dir"]),
     log:
         run="logs/annotation/caption_{shard}.log",
         failures="logs/annotation/caption_{shard}_failures.tsv",
@@ -47,6 +41,12 @@ rule caption:
     threads: rule_resources("caption", "threads", 1)
     resources:
         **cluster_resources("caption", runtime=caption_runtime, mem_mb=8000, gpu=0),
+    params:
+        shards=config["annotation"]["shards"],
+        settings=as_json(annotation_answer_settings(config, "caption")),
+        run_settings=run_only(RUN["caption"]),
+        prices=run_only(RUN["prices"]),
+        cache=run_only(config["annotation"]["cache_dir"]),
     shell:
         "python workflow_scripts/annotate.py --stage caption --shard {wildcards.shard} --shards {params.shards}"
         " --settings {params.settings:q} --run-settings {params.run_settings:q} --prices {params.prices:q}"
@@ -60,14 +60,14 @@ rule gather_captions:
     output:
         captions=CAPTIONS,
         report=CAPTIONS_REPORT,
-    params:
-        settings=as_json(annotation_answer_settings(config, "caption")),
     log:
         "logs/annotation/captions.log",
     conda:
         "../envs/data.yaml"
     resources:
         **cluster_resources("gather_captions", runtime=10, mem_mb=4000),
+    params:
+        settings=as_json(annotation_answer_settings(config, "caption")),
     shell:
         "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
         " --out {output.captions} --report {output.report} 2> {log}"
@@ -80,12 +80,6 @@ rule modify:
         prompt=config["annotation"]["modification"]["prompt"],
     output:
         MODIFICATION_SHARD,
-    params:
-        shards=config["annotation"]["shards"],
-        settings=as_json(annotation_answer_settings(config, "modification")),
-        run_settings=run_only(RUN["modification"]),
-        prices=run_only(RUN["prices"]),
-        cache=run_only(config["annotation"]["cache_dir"]),
     log:
         run="logs/annotation/modify_{shard}.log",
         failures="logs/annotation/modify_{shard}_failures.tsv",
@@ -94,6 +88,12 @@ rule modify:
     threads: rule_resources("modify", "threads", 1)
     resources:
         **cluster_resources("modify", runtime=60, mem_mb=4000),
+    params:
+        shards=config["annotation"]["shards"],
+        settings=as_json(annotation_answer_settings(config, "modification")),
+        run_settings=run_only(RUN["modification"]),
+        prices=run_only(RUN["prices"]),
+        cache=run_only(config["annotation"]["cache_dir"]),
     shell:
         "python workflow_scripts/annotate.py --stage modification --shard {wildcards.shard} --shards {params.shards}"
         " --settings {params.settings:q} --run-settings {params.run_settings:q} --prices {params.prices:q}"
@@ -107,14 +107,14 @@ rule gather_modifications:
     output:
         modifications=MODIFICATIONS,
         report=MODIFICATIONS_REPORT,
-    params:
-        settings=as_json(annotation_answer_settings(config, "modification")),
     log:
         "logs/annotation/modifications.log",
     conda:
         "../envs/data.yaml"
     resources:
         **cluster_resources("gather_modifications", runtime=10, mem_mb=4000),
+    params:
+        settings=as_json(annotation_answer_settings(config, "modification")),
     shell:
         "python workflow_scripts/gather_annotations.py --shards {input} --settings {params.settings:q}"
         " --out {output.modifications} --report {output.report} 2> {log}"
@@ -127,16 +127,16 @@ rule facap:
         modifications=MODIFICATIONS,
     output:
         directory(FACAP),
-    params:
-        sources=json.dumps(config["facap"]["sources"]),
-        annotation=as_json(annotation_answers()),
-        provenance=run_only(RUN["provenance"]),
     log:
         "logs/annotation/facap.log",
     conda:
         "../envs/data.yaml"
     resources:
         **cluster_resources("facap", runtime=30, mem_mb=8000),
+    params:
+        sources=json.dumps(config["facap"]["sources"]),
+        annotation=as_json(annotation_answers()),
+        provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/assemble_datasets.py facap --pairs {input.pairs} --captions {input.captions}"
         " --modifications {input.modifications} --sources {params.sources:q} --annotation {params.annotation:q}"
@@ -150,16 +150,16 @@ rule enhfashioniq:
         fashioniq=fashioniq_input(),
     output:
         directory(ENHFASHIONIQ),
-    params:
-        fashioniq_root=fashioniq_root(),
-        annotation=as_json(annotation_answers()),
-        provenance=run_only(RUN["provenance"]),
     log:
         "logs/annotation/enhfashioniq.log",
     conda:
         "../envs/data.yaml"
     resources:
         **cluster_resources("enhfashioniq", runtime=10, mem_mb=4000),
+    params:
+        fashioniq_root=fashioniq_root(),
+        annotation=as_json(annotation_answers()),
+        provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/assemble_datasets.py enhfashioniq --pairs {input.pairs}"
         " --modifications {input.modifications} --fashioniq-root {params.fashioniq_root}"
@@ -173,16 +173,16 @@ rule table1:
     output:
         md=report(TABLE1, caption="../report/table1.rst", category="Tables"),
         csv=TABLE1.replace(".md", ".csv"),
-    params:
-        stem=subpath(output.md, strip_suffix=".md"),
-        fashioniq_root=fashioniq_root(),
-        provenance=run_only(RUN["provenance"]),
     log:
         "logs/tables/table1.log",
     conda:
         "../envs/data.yaml"
     resources:
         **cluster_resources("table1", runtime=10, mem_mb=4000),
+    params:
+        stem=subpath(output.md, strip_suffix=".md"),
+        fashioniq_root=fashioniq_root(),
+        provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/make_table1.py --facap {input.facap} --fashioniq-root {params.fashioniq_root}"
         " {params.provenance} --out {params.stem} 2> {log}"

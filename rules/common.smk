@@ -301,8 +301,10 @@ def check_experiment_names():
 def table_inputs(number):
     ex = config["experiments"]
     if number == 3:
-        return [*evaluations("stage1", [ex["table3"]["without_finetuning"]]),
-                *evaluations("stage2", [ex["table3"]["with_finetuning"]])]
+        return [
+            *evaluations("stage1", [ex["table3"]["without_finetuning"]]),
+            *evaluations("stage2", [ex["table3"]["with_finetuning"]]),
+        ]
     if number == 4:
         return evaluations("stage2", [e[k] for e in ex["table4"] for k in ("without_facap", "with_facap")])
     return evaluations("stage1", ex["table5"]) + evaluations("stage2", ex["table5"])
@@ -325,9 +327,22 @@ def experiment_targets():
 
 def all_targets():
     """Everything `snakemake all` builds; it grows as stages land."""
-    return [MANIFEST, MANIFEST_TRIPLETS, MANIFEST_REPORT, MANIFEST_ISSUES, EMBEDDINGS_REPORT, PAIRS, PAIRS_REPORT,
-            CAPTIONS_REPORT, MODIFICATIONS_REPORT, FACAP, ENHFASHIONIQ, TABLE1, *quality_targets(),
-            *experiment_targets()]
+    return [
+        MANIFEST,
+        MANIFEST_TRIPLETS,
+        MANIFEST_REPORT,
+        MANIFEST_ISSUES,
+        EMBEDDINGS_REPORT,
+        PAIRS,
+        PAIRS_REPORT,
+        CAPTIONS_REPORT,
+        MODIFICATIONS_REPORT,
+        FACAP,
+        ENHFASHIONIQ,
+        TABLE1,
+        *quality_targets(),
+        *experiment_targets(),
+    ]
 
 
 def api_jobs_local(stage):

@@ -11,12 +11,6 @@ rule evaluate:
     output:
         results=expand(EVALUATION, dataset=EVAL_DATASETS, allow_missing=True),
         rankings=expand(RANKINGS, dataset=EVAL_DATASETS, allow_missing=True),
-    params:
-        fashioniq_root=fashioniq_root(),
-        categories=json.dumps(config["evaluation"]["categories"]),
-        out_dir="results/eval/{stage}/{variant}",
-        run_options=run_only(RUN["evaluation"]),
-        provenance=run_only(RUN["provenance"]),
     log:
         "logs/evaluation/{stage}_{variant}.log",
     conda:
@@ -24,6 +18,12 @@ rule evaluate:
     threads: rule_resources("evaluate", "threads", 1)
     resources:
         **cluster_resources("evaluate", runtime=inference_runtime, mem_mb=16000, gpu=0),
+    params:
+        fashioniq_root=fashioniq_root(),
+        categories=json.dumps(config["evaluation"]["categories"]),
+        out_dir="results/eval/{stage}/{variant}",
+        run_options=run_only(RUN["evaluation"]),
+        provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/evaluate_model.py --model {input.model} --manifest {input.manifest}"
         " --fashioniq-root {params.fashioniq_root} --enhfashioniq {input.enhfashioniq}"
@@ -37,10 +37,6 @@ rule search_index:
         manifest=MANIFEST,
     output:
         directory(SEARCH_INDEX),
-    params:
-        sources=json.dumps(config["search"]["gallery_sources"]),
-        splits=json.dumps(config["search"]["gallery_splits"]),
-        run_options=run_only(RUN["evaluation"]),
     log:
         "logs/evaluation/search_index_{stage}_{variant}.log",
     conda:
@@ -48,6 +44,10 @@ rule search_index:
     threads: rule_resources("search_index", "threads", 1)
     resources:
         **cluster_resources("search_index", runtime=inference_runtime, mem_mb=16000, gpu=0),
+    params:
+        sources=json.dumps(config["search"]["gallery_sources"]),
+        splits=json.dumps(config["search"]["gallery_splits"]),
+        run_options=run_only(RUN["evaluation"]),
     shell:
         "python workflow_scripts/build_search_index.py --model {input.model} --manifest {input.manifest}"
         " --sources {params.sources:q} --splits {params.splits:q} {params.run_options} --threads {threads}"

@@ -7,6 +7,13 @@ rule embed:
         checkpoint=config["embedding"]["pretrained"] or [],
     output:
         EMBEDDING_SHARD,
+    log:
+        "logs/pairing/embed_{shard}.log",
+    conda:
+        "../envs/clip.yaml"
+    threads: rule_resources("embed", "threads", 2)
+    resources:
+        **cluster_resources("embed", runtime=embed_runtime, mem_mb=8000, gpu=1),
     params:
         shards=config["embedding"]["shards"],
         sources=json.dumps(config["pairing"]["sources"]),
@@ -16,13 +23,6 @@ rule embed:
         precision=config["embedding"]["precision"],
         seed=config["pairing"]["seed"],
         run_options=run_only(RUN["embed"]),
-    log:
-        "logs/pairing/embed_{shard}.log",
-    conda:
-        "../envs/clip.yaml"
-    threads: rule_resources("embed", "threads", 2)
-    resources:
-        **cluster_resources("embed", runtime=embed_runtime, mem_mb=8000, gpu=1),
     shell:
         "OMP_NUM_THREADS={threads} python workflow_scripts/embed_images.py --manifest {input.manifest}"
         " --shard {wildcards.shard} --shards {params.shards} --sources {params.sources:q}"
@@ -36,10 +36,6 @@ rule gather_embeddings:
     output:
         embeddings=EMBEDDINGS,
         report=EMBEDDINGS_REPORT,
-    params:
-        model=config["embedding"]["model"],
-        pretrained=config["embedding"]["pretrained"],
-        provenance=run_only(RUN["provenance"]),
     log:
         "logs/pairing/embeddings.log",
     conda:
@@ -47,6 +43,10 @@ rule gather_embeddings:
     threads: 1
     resources:
         **cluster_resources("gather_embeddings", runtime=30, mem_mb=8000),
+    params:
+        model=config["embedding"]["model"],
+        pretrained=config["embedding"]["pretrained"],
+        provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/gather_embeddings.py --shards {input} --out {output.embeddings}"
         " --report {output.report} --model {params.model:q} --pretrained={params.pretrained:q}"
@@ -60,6 +60,13 @@ rule pair:
     output:
         pairs=PAIRS,
         report=PAIRS_REPORT,
+    log:
+        "logs/pairing/pair.log",
+    conda:
+        "../envs/clip.yaml"
+    threads: rule_resources("pair", "threads", 2)
+    resources:
+        **cluster_resources("pair", runtime=120, mem_mb=16000),
     params:
         sources=json.dumps(config["pairing"]["sources"]),
         fashioniq_splits=json.dumps(config["pairing"]["fashioniq_splits"]),
@@ -68,13 +75,6 @@ rule pair:
         engine=config["pairing"]["engine"],
         block=run_only(config["pairing"]["block"]),
         provenance=run_only(RUN["provenance"]),
-    log:
-        "logs/pairing/pair.log",
-    conda:
-        "../envs/clip.yaml"
-    threads: rule_resources("pair", "threads", 2)
-    resources:
-        **cluster_resources("pair", runtime=120, mem_mb=16000),
     shell:
         "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " python workflow_scripts/pair_images.py --manifest {input.manifest} --embeddings {input.embeddings}"

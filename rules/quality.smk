@@ -8,6 +8,12 @@ rule quality_sample:
         unpack(quality_sample_inputs),
     output:
         directory(QUALITY_SAMPLE),
+    log:
+        "logs/quality/sample.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **cluster_resources("quality_sample", runtime=10, mem_mb=4000),
     params:
         datasets=quality_sample_arguments,
         split=config["quality"]["fashioniq_split"],
@@ -15,12 +21,6 @@ rule quality_sample:
         size=config["quality"]["sample_size"],
         seed=config["quality"]["seed"],
         provenance=run_only(RUN["provenance"]),
-    log:
-        "logs/quality/sample.log",
-    conda:
-        "../envs/data.yaml"
-    resources:
-        **cluster_resources("quality_sample", runtime=10, mem_mb=4000),
     shell:
         "python workflow_scripts/make_quality_sample.py --manifest {input.manifest} {params.datasets}"
         " --fashioniq-split {params.split} --categories {params.categories:q} --size {params.size}"
@@ -33,16 +33,16 @@ rule quality_kit:
         manifest=MANIFEST,
     output:
         directory(QUALITY_KIT),
-    params:
-        annotators=config["quality"]["annotators"],
-        seed=config["quality"]["seed"],
-        image_size=config["quality"]["image_size"],
     log:
         "logs/quality/kit.log",
     conda:
         "../envs/data.yaml"
     resources:
         **cluster_resources("quality_kit", runtime=10, mem_mb=4000),
+    params:
+        annotators=config["quality"]["annotators"],
+        seed=config["quality"]["seed"],
+        image_size=config["quality"]["image_size"],
     shell:
         "python workflow_scripts/make_annotation_kit.py --sample {input.sample} --manifest {input.manifest}"
         " --annotators {params.annotators} --seed {params.seed} --image-size {params.image_size}"
@@ -57,16 +57,16 @@ rule auto_annotate:
         truth=GROUND_TRUTH,
     output:
         directory(QUALITY_AUTOMATIC),
-    params:
-        annotators=config["quality"]["automatic"]["annotators"],
-        noise=config["quality"]["automatic"]["noise"],
-        seed=config["quality"]["seed"],
     log:
         "logs/quality/auto_annotate.log",
     conda:
         "../envs/data.yaml"
     resources:
         **cluster_resources("auto_annotate", runtime=10, mem_mb=4000),
+    params:
+        annotators=config["quality"]["automatic"]["annotators"],
+        noise=config["quality"]["automatic"]["noise"],
+        seed=config["quality"]["seed"],
     shell:
         "python workflow_scripts/auto_annotate.py --sample {input.sample} --manifest {input.manifest}"
         " --ground-truth {input.truth} --annotators {params.annotators} --noise {params.noise}"
@@ -81,16 +81,16 @@ rule table2:
         md=report(TABLE2, caption="../report/table2.rst", category="Tables"),
         csv=TABLE2.replace(".md", ".csv"),
         agreement=TABLE2.replace(".md", "_agreement.csv"),
-    params:
-        stem=subpath(output.md, strip_suffix=".md"),
-        automatic="--automatic" if uses_automatic_annotators() else "",
-        provenance=run_only(RUN["provenance"]),
     log:
         "logs/tables/table2.log",
     conda:
         "../envs/data.yaml"
     resources:
         **cluster_resources("table2", runtime=10, mem_mb=2000),
+    params:
+        stem=subpath(output.md, strip_suffix=".md"),
+        automatic="--automatic" if uses_automatic_annotators() else "",
+        provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/make_table2.py --sample {input.sample} --annotations {input.annotations}"
         " {params.automatic} {params.provenance} --out {params.stem} 2> {log}"

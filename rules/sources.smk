@@ -10,18 +10,18 @@ localrules:
 rule download:
     output:
         directory(DOWNLOADED_SOURCE),
-    params:
-        entries=lambda wildcards: json.dumps(download_entries(wildcards)),
-        partial_dir=run_only(config["downloads"]["partial_dir"]),
-        timeout=run_only(config["downloads"]["timeout_s"]),
-        retries=run_only(config["downloads"]["retries"]),
-        backoff=run_only(config["downloads"]["backoff_s"]),
     log:
         "logs/sources/download_{source}.log",
     conda:
         "../envs/data.yaml"
     resources:
         **cluster_resources("download", runtime=1440, mem_mb=2000),
+    params:
+        entries=lambda wildcards: json.dumps(download_entries(wildcards)),
+        partial_dir=run_only(config["downloads"]["partial_dir"]),
+        timeout=run_only(config["downloads"]["timeout_s"]),
+        retries=run_only(config["downloads"]["retries"]),
+        backoff=run_only(config["downloads"]["backoff_s"]),
     shell:
         "python workflow_scripts/download_source.py --source {wildcards.source} --entries {params.entries:q}"
         " --partial-dir {params.partial_dir:q} --timeout {params.timeout}"
@@ -32,8 +32,6 @@ rule synthetic_world:
     output:
         world=directory(SYNTHETIC_WORLD),
         truth=GROUND_TRUTH,
-    params:
-        spec=json.dumps(config["synthetic"], sort_keys=True),
     log:
         "logs/sources/synthetic_world.log",
     conda:
@@ -41,6 +39,8 @@ rule synthetic_world:
     threads: rule_resources("synthetic_world", "threads", 1)
     resources:
         **cluster_resources("synthetic_world", runtime=30, mem_mb=2000),
+    params:
+        spec=json.dumps(config["synthetic"], sort_keys=True),
     shell:
         "python workflow_scripts/make_synthetic_world.py --spec {params.spec:q}"
         " --out {output.world} --ground-truth {output.truth} 2> {log}"
@@ -54,11 +54,6 @@ rule manifest:
         triplets=MANIFEST_TRIPLETS,
         report=MANIFEST_REPORT,
         issues=MANIFEST_ISSUES,
-    params:
-        sources=json.dumps(resolved_sources(), sort_keys=True),
-        verify=config["manifest"]["verify_images"],
-        strict="--strict" if config["manifest"]["strict"] else "",
-        provenance=run_only(RUN["provenance"]),
     log:
         "logs/sources/manifest.log",
     conda:
@@ -66,6 +61,11 @@ rule manifest:
     threads: rule_resources("manifest", "threads", 2)
     resources:
         **cluster_resources("manifest", runtime=120, mem_mb=8000),
+    params:
+        sources=json.dumps(resolved_sources(), sort_keys=True),
+        verify=config["manifest"]["verify_images"],
+        strict="--strict" if config["manifest"]["strict"] else "",
+        provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/build_manifest.py --sources {params.sources:q} --verify {params.verify}"
         " {params.strict} --threads {threads} {params.provenance}"

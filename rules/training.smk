@@ -12,9 +12,6 @@ rule tokenizer:
         facap=FACAP,
     output:
         directory(TRAINED_TOKENIZER),
-    params:
-        vocab_size=config["model"]["vocab_size"],
-        max_length=config["model"]["max_text_length"],
     log:
         "logs/training/tokenizer.log",
     conda:
@@ -22,6 +19,9 @@ rule tokenizer:
     threads: rule_resources("tokenizer", "threads", 1)
     resources:
         **cluster_resources("tokenizer", runtime=10, mem_mb=2000),
+    params:
+        vocab_size=config["model"]["vocab_size"],
+        max_length=config["model"]["max_text_length"],
     shell:
         "python workflow_scripts/train_tokenizer.py --manifest {input.manifest} --facap {input.facap}"
         " --fashioniq-triplets {input.triplets} --vocab-size {params.vocab_size} --max-length {params.max_length}"
@@ -34,6 +34,13 @@ rule pretrain:
         tokenizer=tokenizer_dir(),
     output:
         directory(TRAINED_BACKBONE),
+    log:
+        "logs/training/pretrain.log",
+    conda:
+        "../envs/train.yaml"
+    threads: rule_resources("pretrain", "threads", 1)
+    resources:
+        **cluster_resources("pretrain", runtime=training_runtime("pretrain"), mem_mb=16000, gpu=0),
     params:
         run=as_json(training_result_settings(config, "pretrain")),
         image_size=config["model"]["image_size"],
@@ -42,13 +49,6 @@ rule pretrain:
         run_settings=run_only(RUN["training"]),
         checkpoints=run_only(RUN["checkpoints"]["backbone"]),
         provenance=run_only(RUN["provenance"]),
-    log:
-        "logs/training/pretrain.log",
-    conda:
-        "../envs/train.yaml"
-    threads: rule_resources("pretrain", "threads", 1)
-    resources:
-        **cluster_resources("pretrain", runtime=training_runtime("pretrain"), mem_mb=16000, gpu=0),
     shell:
         "{params.launcher} workflow_scripts/pretrain_backbone.py --manifest {input.manifest}"
         " --tokenizer {input.tokenizer} --image-size {params.image_size} --max-text-length {params.max_text_length}"
@@ -64,15 +64,6 @@ rule train_stage1:
         tokenizer=tokenizer_dir(),
     output:
         directory("models/stage1/{variant}"),
-    params:
-        spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
-        model=json.dumps({k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}),
-        run=as_json(training_result_settings(config, "stage1")),
-        launcher=run_only(RUN["launcher"]["train_stage1"]),
-        run_settings=run_only(RUN["training"]),
-        checkpoints=run_only(RUN["checkpoints"]["stage1"]),
-        provenance=run_only(RUN["provenance"]),
-
     log:
         "logs/training/stage1_{variant}.log",
     conda:
@@ -80,6 +71,16 @@ rule train_stage1:
     threads: rule_resources("train_stage1", "threads", 1)
     resources:
         **cluster_resources("train_stage1", runtime=training_runtime("stage1"), mem_mb=32000, gpu=0),
+    params:
+        spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
+        model=json.dumps(
+            {k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}
+        ),
+        run=as_json(training_result_settings(config, "stage1")),
+        launcher=run_only(RUN["launcher"]["train_stage1"]),
+        run_settings=run_only(RUN["training"]),
+        checkpoints=run_only(RUN["checkpoints"]["stage1"]),
+        provenance=run_only(RUN["provenance"]),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage 1 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
@@ -96,17 +97,6 @@ rule train_stage2:
         tokenizer=tokenizer_dir(),
     output:
         directory("models/stage2/{variant}"),
-    params:
-        spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
-        model=json.dumps({k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}),
-        run=as_json(training_result_settings(config, "stage2")),
-        fashioniq_root=fashioniq_root(),
-        categories=json.dumps(config["evaluation"]["categories"]),
-        launcher=run_only(RUN["launcher"]["train_stage2"]),
-        run_settings=run_only(RUN["training"]),
-        checkpoints=run_only(RUN["checkpoints"]["stage2"]),
-        provenance=run_only(RUN["provenance"]),
-
     log:
         "logs/training/stage2_{variant}.log",
     conda:
@@ -114,6 +104,18 @@ rule train_stage2:
     threads: rule_resources("train_stage2", "threads", 1)
     resources:
         **cluster_resources("train_stage2", runtime=training_runtime("stage2"), mem_mb=32000, gpu=0),
+    params:
+        spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
+        model=json.dumps(
+            {k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}
+        ),
+        run=as_json(training_result_settings(config, "stage2")),
+        fashioniq_root=fashioniq_root(),
+        categories=json.dumps(config["evaluation"]["categories"]),
+        launcher=run_only(RUN["launcher"]["train_stage2"]),
+        run_settings=run_only(RUN["training"]),
+        checkpoints=run_only(RUN["checkpoints"]["stage2"]),
+        provenance=run_only(RUN["provenance"]),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage 2 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
