@@ -1,4 +1,4 @@
-"""The FashionIQ evaluation protocol, as SPRC and CLIP4Cir run it (DESIGN.md §7).
+"""The FashionIQ evaluation protocol, as SPRC and CLIP4Cir run it.
 
 Per category: the gallery is the category's validation split; each query is a reference image and
 its two relative captions joined as "<c1 stripped of '.?, ' and capitalised> and <c2 stripped>";

@@ -65,7 +65,7 @@ class Triplets:
 
     def training_text(self, i: int, rng: random.Random, randomise: bool) -> str:
         """FACap: the modification text. FashionIQ training: the two captions in random order or one of
-        them (DESIGN.md §7); FashionIQ evaluation: "c1 and c2"."""
+        them (as SPRC and CLIP4Cir do); FashionIQ evaluation: "c1 and c2"."""
         texts = self.texts[i]
         if len(texts) == 1:
             return texts[0]

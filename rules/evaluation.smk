@@ -1,4 +1,4 @@
-# Stage: evaluation with the FashionIQ protocol (DESIGN.md §7) on FashionIQ val and enhFashionIQ,
+# Stage: evaluation with the FashionIQ protocol (as SPRC and CLIP4Cir run it) on FashionIQ val and enhFashionIQ,
 # and the gallery index of `fashionblip2 search`.
 
 

@@ -1,7 +1,7 @@
 """A real single-node SLURM cluster for tests: munge, slurmctld and slurmd, started as root from
 Debian's packages with a configuration in a temporary folder, stopped by PID.
 
-Facts this follows (../shared/notes/slurm-on-one-machine.md): no systemd, so every daemon is
+Facts this follows (checked on this project's machines): no systemd, so every daemon is
 started by hand; `DefMemPerCPU` lets jobs share the node; the job step clears SLURM_* variables,
 so an `srun` wrapper first on PATH puts SLURM_CONF back; without accounting, Snakemake polls with
 `squeue`; finished jobs are recorded by SLURM itself in a job-completion file (`jobcomp/filetxt`).
