@@ -143,6 +143,16 @@ def test_a_batch_over_the_limits_is_split_and_each_part_tracked(server_factory, 
     assert all(b["input_file_id"].startswith("file-") for b in recorded)
 
 
+def test_a_question_asked_twice_goes_into_a_batch_once(server_factory, tmp_path):
+    server = server_factory()
+    backend = OpenAIBatch(settings(server), with_image=False, poll_s=0.05)
+    requests = modification_requests(3)
+    answers: dict[int, str | None] = {}
+    backend.generate([*requests, requests[1]], lambda i, text, error: answers.setdefault(i, text))
+    assert [r["requests"] for r in server.requests("batches")] == [3]  # custom ids are unique in a file
+    assert sorted(answers) == [0, 1, 2, 3] and answers[3] == answers[1] is not None
+
+
 def test_an_expired_batch_is_resubmitted_only_for_what_has_no_answer(server_factory, tmp_path):
     server = server_factory("--expire-first-batch")
     backend = OpenAIBatch(settings(server), with_image=False, poll_s=0.05, state_path=tmp_path / "s.json")

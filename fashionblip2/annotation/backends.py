@@ -363,7 +363,9 @@ class OpenAIBatch(OpenAIChat):
         pass_started = time.monotonic()
         client = self._client()
         ids = [custom_id(self.body(r)) for r in requests]
-        index = {cid: i for i, cid in enumerate(ids)}
+        index: dict[str, list[int]] = {}  # a batch may hold a question once: its answer goes to every asker
+        for i, cid in enumerate(ids):
+            index.setdefault(cid, []).append(i)
         answered: set[str] = set()
         batches = self._load_state()
 
@@ -381,7 +383,8 @@ class OpenAIBatch(OpenAIChat):
                         continue
                     answered.add(cid)
                     text, error = _batch_result(row)
-                    on_result(index[cid], text, error)
+                    for i in index[cid]:
+                        on_result(i, text, error)
             batch_entry["status"] = batch.status
             batch_entry["read"] = True
             self._save_state(batches)
@@ -390,7 +393,7 @@ class OpenAIBatch(OpenAIChat):
         for entry in live:
             log.info("resuming batch %s (%d requests)", entry["batch_id"], len(entry["custom_ids"]))
         waiting_on = {cid for b in live for cid in b["custom_ids"]}
-        todo = [i for i, cid in enumerate(ids) if cid not in waiting_on]
+        todo = [asking[0] for cid, asking in index.items() if cid not in waiting_on]
         # An expired or failed batch leaves requests without an answer: those, and only those, go again.
         for chunk in self._chunks(requests, ids, todo):
             entry = self._submit(client, chunk, requests, ids)
@@ -413,10 +416,11 @@ class OpenAIBatch(OpenAIChat):
                         f"they are recorded in {self.state_path}: rerun to resume them, nothing is submitted again"
                     )
                 time.sleep(self.poll_s)
-        for cid, i in index.items():
+        for cid, asking in index.items():
             if cid not in answered:
                 ended = {b["status"] for b in batches if cid in b["custom_ids"]}
-                on_result(i, None, f"batch {'/'.join(sorted(ended)) or 'ended'}: no result")
+                for i in asking:
+                    on_result(i, None, f"batch {'/'.join(sorted(ended)) or 'ended'}: no result")
         if self.first_pass_s is None:
             self.first_pass_s = time.monotonic() - pass_started
 
