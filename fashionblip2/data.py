@@ -1,8 +1,10 @@
 """Training and evaluation images as model inputs (the triplet sets are read by
 :mod:`fashionblip2.triplets`).
 
-Images are padded to a square when their aspect ratio passes 1.25 (SPRC's "target pad"), resized,
-and normalised with CLIP's mean and std, as BLIP-2 was trained. :class:`ImageStore` keeps the
+Images go through the "target pad" preprocessing of CLIP4Cir and SPRC, the baselines FashionIQ
+numbers are compared with: an image whose aspect ratio reaches 1.25 is padded (black, centred) to
+that ratio, not to a square; then the short side is resized (bicubic) and the centre cropped; then
+CLIP's mean and std normalise it, as BLIP-2 was trained. :class:`ImageStore` keeps the
 resized images in memory as uint8 once read, so an epoch after the first decodes nothing.
 """
 
@@ -22,17 +24,20 @@ TARGET_PAD_RATIO = 1.25
 
 
 def target_pad(image: Image.Image, size: int, ratio: float = TARGET_PAD_RATIO) -> Image.Image:
-    """Pad to a square (black, centred) when the long side exceeds ``ratio`` x the short one, then resize."""
+    """CLIP4Cir's and SPRC's ``targetpad_transform`` up to the tensor, pixel for pixel: ``TargetPad``,
+    ``Resize(size, BICUBIC)``, ``CenterCrop(size)`` (their rounding included)."""
     w, h = image.size
-    if max(w, h) / max(1, min(w, h)) > ratio:
-        side = max(w, h)
-        canvas = Image.new("RGB", (side, side))
-        canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-        image = canvas
-    # Resize the short side, centre-crop: the pixels a square input sees.
-    scale = size / min(image.size)
-    image = image.resize((max(size, round(image.size[0] * scale)), max(size, round(image.size[1] * scale))))
-    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    if max(w, h) / min(w, h) >= ratio:  # theirs: "if actual_ratio < target_ratio: return image"
+        target = max(w, h) / ratio  # pad the short side up to long / ratio, not to a square
+        hp, vp = max(int((target - w) / 2), 0), max(int((target - h) / 2), 0)
+        canvas = Image.new("RGB", (w + 2 * hp, h + 2 * vp))
+        canvas.paste(image, (hp, vp))
+        image, (w, h) = canvas, canvas.size
+    # torchvision's Resize(int): the short side to `size`, the long one truncated to keep the ratio.
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    # torchvision's CenterCrop: offsets rounded half to even, as Python's round does.
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 

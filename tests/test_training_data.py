@@ -48,6 +48,35 @@ def test_target_pad_pads_only_long_images():
     assert np.asarray(target_pad(almost_square, 64))[0, 32].tolist() == [0, 255, 0]  # ratio 1.1: cropped, not padded
 
 
+def reference_targetpad(image: Image.Image, size: int) -> Image.Image:
+    """The baselines' rule written with torchvision's own transforms (TargetPad as CLIP4Cir/SPRC)."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
+    from torchvision.transforms import functional as tvf
+
+    def pad(img):
+        w, h = img.size
+        if max(w, h) / min(w, h) < 1.25:
+            return img
+        scaled = max(w, h) / 1.25
+        hp, vp = max(int((scaled - w) / 2), 0), max(int((scaled - h) / 2), 0)
+        return tvf.pad(img, [hp, vp, hp, vp], 0, "constant")
+
+    return Compose([pad, Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)])(image)
+
+
+@pytest.mark.parametrize("shape", [(100, 200), (200, 100), (120, 100), (125, 100), (64, 301), (333, 77), (50, 50)])
+def test_target_pad_gives_the_baselines_pixels(shape):
+    """A 1:2 image is padded to 1:1.25 (not to a square), then resized and centre-cropped: the pixels
+    CLIP4Cir's and SPRC's preprocessing gives, for tall, wide, nearly square and square images."""
+    rng = np.random.default_rng(sum(shape))
+    image = Image.fromarray(rng.integers(0, 256, (shape[1], shape[0], 3), dtype=np.uint8))
+    ours, theirs = np.asarray(target_pad(image, 48)), np.asarray(reference_targetpad(image, 48))
+    assert ours.shape == theirs.shape == (48, 48, 3)
+    assert np.array_equal(ours, theirs)
+    if shape == (100, 200):  # tall 1:2 -> 160 x 200: 30 black columns each side, about 9 of 48 once resized
+        assert (ours[:, :7] == 0).all() and (ours[:, 8:40] != 0).any(axis=2).mean() > 0.9
+
+
 def test_image_store_normalises_and_caches(tmp_path):
     Image.new("RGB", (50, 50), (255, 255, 255)).save(tmp_path / "white.png")
     Image.new("L", (50, 80), 0).save(tmp_path / "black.png")  # grey-scale, not square: converted
