@@ -8,7 +8,7 @@ from fashionblip2.annotation.cache import ResultCache, file_digest, request_key
 from fashionblip2.annotation.lexicon import find_attributes, names_a_difference
 from fashionblip2.annotation.prompts import PromptTemplate
 from fashionblip2.annotation.runner import Prices, annotate, estimate_cost
-from fashionblip2.annotation.stages import caption_requests, make_backend
+from fashionblip2.annotation.stages import caption_requests, make_backend, modification_requests
 from fashionblip2.annotation.validation import check_caption, check_modification
 from fashionblip2.manifest import build_manifest, resolve_roots
 from fashionblip2.report import BadInputError
@@ -81,6 +81,21 @@ def test_the_lexicon_reads_noisy_product_texts():
     }
     assert find_attributes("jet black slim-fit leather jeans")["colour"] == "black"
     assert names_a_difference("is shorter") and not names_a_difference("looks great")
+
+
+def test_prompts_name_categories_readably_and_backends_keep_the_raw_one():
+    pairs = pd.DataFrame({"reference_id": ["a", "c"], "target_id": ["b", "d"], "category": ["toptee", "t_shirt"]})
+    captions = {"a": "A red top.", "b": "A blue top.", "c": "A tee.", "d": "A tee."}
+    template = PromptTemplate.load(REPO / "prompts/modification.yaml")
+    toptee, tee = modification_requests(pairs, captions, template, {"backend": "openai"})
+    prompt = json.dumps(toptee.keyed["messages"])
+    assert "Category: top or t-shirt" in prompt and "toptee" not in prompt
+    assert "Category: t shirt" in json.dumps(tee.keyed["messages"])
+    assert toptee.extra["category"] == "toptee"  # the offline differ reads the dataset's own name
+    images = pd.DataFrame({"image_id": ["x"], "path": [str(REPO / "prompts/caption.yaml")], "category": ["toptee"],
+                           "product_text": [""], "attributes": [""]})  # fmt: skip
+    (request,) = caption_requests(images, PromptTemplate.load(REPO / "prompts/caption.yaml"), {"backend": "openai"})
+    assert "the top or t-shirt shown" in request.keyed["messages"][-1]["content"]
 
 
 def test_offline_backends_on_the_tiny_world(tiny_world):

@@ -20,6 +20,7 @@ from fashionblip2.annotation.cache import file_digest
 from fashionblip2.annotation.prompts import PromptTemplate
 from fashionblip2.annotation.validation import check_caption, check_modification
 from fashionblip2.report import BadInputError
+from fashionblip2.sources.records import readable_category
 
 STAGES = ("caption", "modification")
 BACKENDS = {
@@ -86,7 +87,7 @@ def caption_requests(images: pd.DataFrame, template: PromptTemplate, settings: d
     for row in images.itertuples():
         attributes = json.loads(row.attributes) if row.attributes else {}
         messages = template.render(
-            category=row.category,
+            category=readable_category(row.category),
             product_text=row.product_text or "none",
             attributes=", ".join(f"{k}: {v}" for k, v in attributes.items()) or "none",
         )
@@ -119,7 +120,9 @@ def modification_requests(
     for row in pairs.itertuples():
         ref, tgt = captions[row.reference_id], captions[row.target_id]
         keyed = {
-            "messages": template.render(category=row.category, reference_caption=ref, target_caption=tgt),
+            "messages": template.render(
+                category=readable_category(row.category), reference_caption=ref, target_caption=tgt
+            ),
             "max_new_tokens": settings.get("max_new_tokens", 96),
         }
         if settings.get("backend") in ("openai", "openai-batch"):

@@ -27,6 +27,17 @@ class ImageRecord:
     origin_line: int | None = None
 
 
+# How a category reads in a sentence (prompts to the models), for every source; a category not
+# listed reads as itself, with underscores as spaces (a catalogue's "t_shirt" is "t shirt").
+READABLE_CATEGORIES = {
+    "toptee": "top or t-shirt",  # FashionIQ's name for tops and tees
+}
+
+
+def readable_category(category: str) -> str:
+    return READABLE_CATEGORIES.get(category, category.replace("_", " "))
+
+
 MANIFEST_COLUMNS = [
     "image_id",
     "path",
