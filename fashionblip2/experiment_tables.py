@@ -55,6 +55,41 @@ TABLE5_REPORTED = [
 ]
 
 
+# A reported row's summary columns follow from its per-category values up to the rounding (or, in
+# places, truncation) of the one or two decimals shown; beyond this they are the paper's own slips.
+INCONSISTENT = "†"  # the footnote mark of such rows
+
+
+def table3_inconsistencies(rows=TABLE3_REPORTED, tolerance: float = 0.1) -> dict[tuple[str, str], str]:
+    """Reported Table 3 rows whose summary columns do not follow from the row's own numbers:
+    (setting, model) -> what those numbers give. The reported values are kept as they are."""
+    out = {}
+    for setting, model, *v in rows:
+        r10, r50 = (v[0] + v[2] + v[4]) / 3, (v[1] + v[3] + v[5]) / 3
+        found = []
+        for k, computed, reported in ((10, r10, v[6]), (50, r50, v[7])):
+            if abs(computed - reported) > tolerance:
+                found.append(f"its per-category R@{k} average {computed:.2f}, not the reported mean {reported:.2f}")
+        if abs((v[6] + v[7]) / 2 - v[8]) > tolerance:
+            found.append(f"its reported means give Avg {(v[6] + v[7]) / 2:.2f}, not {v[8]:.1f}")
+        if found and abs((r10 + r50) / 2 - v[8]) > tolerance:
+            found.append(f"its per-category values give Avg {(r10 + r50) / 2:.2f}")
+        if found:
+            out[(setting, model)] = f"{model} ({setting.lower()}): " + "; ".join(found)
+    return out
+
+
+def table3_inconsistency_notes() -> list[str]:
+    found = table3_inconsistencies()
+    if not found:
+        return []
+    return [
+        f"{INCONSISTENT} Reported rows that do not add up in the paper, kept as reported. "
+        + ". ".join(found.values())
+        + "."
+    ]
+
+
 class MissingEvaluation(FileNotFoundError):
     pass
 
@@ -102,9 +137,11 @@ def table3(eval_root: str | os.PathLike[str], spec: dict[str, str], origin: str)
         },
     ]
     columns = [f"{CATEGORY_NAMES[c]} R@{k}" for c in categories for k in (10, 50)] + ["Avg R@10", "Avg R@50", "Avg"]
+    slips = table3_inconsistencies()
     for setting, model, *values in TABLE3_REPORTED:
+        name = f"{model} {INCONSISTENT}" if (setting, model) in slips else model
         rows.append(
-            {"Setting": setting, "Model": model, "Rows from": REPORTED, **dict(zip(columns, values, strict=True))}
+            {"Setting": setting, "Model": name, "Rows from": REPORTED, **dict(zip(columns, values, strict=True))}
         )
     return pd.DataFrame(rows, columns=["Setting", "Model", "Rows from", *columns])
 

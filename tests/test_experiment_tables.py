@@ -45,6 +45,24 @@ def test_table3_puts_our_rows_chance_and_reported_rows_apart(evals, tmp_path):
     assert len(pd.read_csv(tmp_path / "t3.csv")) == len(frame)
 
 
+def test_reported_rows_that_do_not_add_up_are_marked_and_explained(evals):
+    slips = et.table3_inconsistencies()
+    assert sorted(model for _, model in slips) == ["Context-I2W", "FTI4CIR", "SPRC", "TG-CIR"]
+    assert "per-category R@10 average 29.39, not the reported mean 20.39" in slips[(et.WITHOUT_FT, "FTI4CIR")]
+    assert "reported means give Avg 62.20, not 58.0" in slips[(et.WITH_FT, "TG-CIR")]
+    assert "Avg 38.35, not 39.3" in slips[(et.WITHOUT_FT, "Context-I2W")]
+    assert "Avg 64.94, not 64.8" in slips[(et.WITH_FT, "SPRC")]
+    # Rows consistent up to the decimals shown are left alone; a made-up slip is found.
+    assert et.table3_inconsistencies([(et.WITH_FT, "x", 10, 20, 12, 22, 14, 24, 12.0, 22.0, 17.0)]) == {}
+    assert et.table3_inconsistencies([(et.WITH_FT, "x", 10, 20, 12, 22, 14, 24, 12.0, 22.0, 18.0)])
+    frame = et.table3(evals, {"without_finetuning": "a", "with_finetuning": "b"}, "this run (synthetic data)")
+    marked = frame[frame["Model"].str.endswith(et.INCONSISTENT)]
+    assert sorted(marked["Model"]) == [f"{m} {et.INCONSISTENT}" for m in ("Context-I2W", "FTI4CIR", "SPRC", "TG-CIR")]
+    assert marked[marked["Model"].str.startswith("TG-CIR")]["Avg"].tolist() == [58.0]  # kept as reported
+    (note,) = et.table3_inconsistency_notes()
+    assert note.startswith(et.INCONSISTENT) and all(m in note for m in ("FTI4CIR", "TG-CIR", "SPRC", "Context-I2W"))
+
+
 def test_table4_and_table5_read_stage_and_dataset(evals):
     t4 = et.table4(evals, [{"model": "M", "without_facap": "a", "with_facap": "b"}], "ours")
     assert t4.iloc[0][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["no", 26, 31]

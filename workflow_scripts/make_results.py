@@ -73,6 +73,7 @@ def main() -> None:
             et.chance_note(args.eval_root, "stage1", spec["without_finetuning"]),
             scale,
             reported,
+            *et.table3_inconsistency_notes(),
             footer(args),
         ]
         write_table(frame, args.out, "Table 3: FashionIQ validation, without and with fine-tuning", notes, tex=True)
