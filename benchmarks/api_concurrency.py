@@ -35,7 +35,7 @@ def start_server(tmp: Path, latency: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(REPO / "tests/fake_openai_server.py"),
+            str(REPO / "tests/support/fake_openai_server.py"),
             "--port-file",
             str(port_file),
             "--log",

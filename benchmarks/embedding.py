@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fashionblip2.embedding import embed_images, load_image_encoder  # noqa: E402
+from fashionblip2.pairing.embedding import embed_images, load_image_encoder  # noqa: E402
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _report import report  # noqa: E402
 
-from fashionblip2.evaluation import retrieve  # noqa: E402
+from fashionblip2.evaluation.protocol import retrieve  # noqa: E402
 from fashionblip2.model import FashionBLIP2, FashionBLIP2Config  # noqa: E402
 
 

@@ -55,7 +55,7 @@ def make_data(n: int, dim: int, groups: int, seed: int):
 def pairs_project(x, item, category, top_k, seed, engine):
     import pandas as pd
 
-    from fashionblip2.pairing import pair_groups
+    from fashionblip2.pairing.topk import pair_groups
 
     images = pd.DataFrame(
         {"image_id": [f"img{i:07d}" for i in range(len(x))], "source": "bench", "category": category, "item_id": item}
@@ -66,7 +66,7 @@ def pairs_project(x, item, category, top_k, seed, engine):
 
 def pairs_numpy(x, item, category, top_k, seed, chunk=2048):
     """The plain way: per category, chunks of queries times all, same-item entries masked, argpartition."""
-    from fashionblip2.pairing import draw_rank
+    from fashionblip2.pairing.topk import draw_rank
 
     out = {}
     for c in np.unique(category):
@@ -90,7 +90,7 @@ def worker(method: str, args: dict, queue) -> None:
     x, item, category = make_data(args["n"], args["dim"], args["groups"], args["seed"])
     import pandas  # noqa: F401  (imports are not part of the timing)
 
-    import fashionblip2.pairing  # noqa: F401
+    import fashionblip2.pairing.topk  # noqa: F401
 
     t0 = time.perf_counter()
     if method == "numpy":

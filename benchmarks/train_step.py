@@ -30,9 +30,9 @@ import torch  # noqa: E402
 from _report import report  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from fashionblip2.grad_cache import grad_cache_step  # noqa: E402
 from fashionblip2.model import FashionBLIP2, FashionBLIP2Config  # noqa: E402
 from fashionblip2.model.configuration import paper_blip2_config, tiny_blip2_config  # noqa: E402
+from fashionblip2.training.grad_cache import grad_cache_step  # noqa: E402
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:

@@ -18,12 +18,12 @@ from fashionblip2.cli_utils import setup_logging
 def search(args: argparse.Namespace) -> int:
     import torch
 
-    from fashionblip2.data import ImageStore
-    from fashionblip2.figures import SheetRow, contact_sheet
+    from fashionblip2.evaluation.retrieval import load_index
     from fashionblip2.model import FashionBLIP2
-    from fashionblip2.retrieval import load_index
-    from fashionblip2.text import load_tokenizer, tokenize
-    from fashionblip2.training import resolve_device
+    from fashionblip2.model.processing import ImageStore
+    from fashionblip2.model.tokenization import load_tokenizer, tokenize
+    from fashionblip2.results.figures import SheetRow, contact_sheet
+    from fashionblip2.training.trainer import resolve_device
 
     index, ids, paths = load_index(args.index)
     device = resolve_device(args.device)
@@ -65,7 +65,7 @@ def workflow_config(root: Path, configfiles: list[str]) -> dict:
 
 
 def store(args: argparse.Namespace) -> int:
-    from fashionblip2 import store as dvc_store
+    from fashionblip2 import dvc_store
 
     root = Path(args.root).resolve()
     settings = workflow_config(root, args.configfile)["dvc"]

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from fashionblip2.report import BadInputError, StopRun
+from fashionblip2.common.issues import BadInputError, StopRun
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -44,7 +44,7 @@ def selected_images(args: argparse.Namespace):
     """The manifest rows chosen by :func:`add_pairing_selection`'s arguments."""
     import pandas as pd
 
-    from fashionblip2.manifest import select_for_pairing
+    from fashionblip2.sources.manifest import select_for_pairing
 
     return select_for_pairing(
         pd.read_parquet(args.manifest), json.loads(args.sources), json.loads(args.fashioniq_splits)

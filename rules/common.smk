@@ -16,8 +16,8 @@ from fashionblip2.config import (
     training_run_settings,
     uses_api,
 )
-from fashionblip2.embedding_file import shard_bounds
-from fashionblip2.manifest import count_for_pairing
+from fashionblip2.pairing.embedding_file import shard_bounds
+from fashionblip2.sources.manifest import count_for_pairing
 
 SYNTHETIC_WORLD = "data/synthetic/world"
 # A source whose root is "download" is fetched here from the URLs in downloads.files.<source>.

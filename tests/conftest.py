@@ -104,8 +104,8 @@ def workflow_copy(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server_factory(tmp_path):
-    """Start fake OpenAI-compatible servers (tests/fake_openai_server.py); all are killed at the end."""
-    from tests.fake_openai_server import FakeServer
+    """Start fake OpenAI-compatible servers (tests/support/fake_openai_server.py); all are killed at the end."""
+    from tests.support.fake_openai_server import FakeServer
 
     servers = []
 

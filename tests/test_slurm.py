@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import python_first_env, require_service, snakemake
-from tests.slurm_cluster import SlurmCluster, missing_requirements
+from tests.support.slurm_cluster import SlurmCluster, missing_requirements
 
 TARGET = "results/tables/table1.md"
 # Outputs whose bytes must not depend on the executor (reports carry times, so they are left out).

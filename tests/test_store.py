@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashionblip2.store import remote_url, resolve_tracked, tracked_outputs
+from fashionblip2.dvc_store import remote_url, resolve_tracked, tracked_outputs
 from tests.conftest import REPO, WORKFLOW_FILES, python_first_env, snakemake
 
 PRESET = ["--configfile", "config/presets/test.yaml", "store.yaml"]

@@ -35,8 +35,8 @@ from fashionblip2.annotation.stages import (  # noqa: E402
     modification_requests,
 )
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.embedding_file import shard_bounds  # noqa: E402
-from fashionblip2.io import atomic_path, write_parquet_atomic  # noqa: E402
+from fashionblip2.common.io import atomic_path, write_parquet_atomic  # noqa: E402
+from fashionblip2.pairing.embedding_file import shard_bounds  # noqa: E402
 
 COLUMNS = ["reference_id", "target_id", "image_id", "text", "status", "reason", "cached", "key"]
 

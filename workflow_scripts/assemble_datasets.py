@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.datasets import assemble_enhfashioniq, assemble_facap  # noqa: E402
-from fashionblip2.provenance import provenance  # noqa: E402
+from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.datasets.assembly import assemble_enhfashioniq, assemble_facap  # noqa: E402
 
 
 def main() -> None:

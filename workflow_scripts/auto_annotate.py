@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Score the quality sample automatically from the synthetic world's ground truth (faithfulness,
-details, saliency; see fashionblip2/quality_auto.py), as several annotator files in the kit's CSV
+details, saliency; see fashionblip2/quality/automatic.py), as several annotator files in the kit's CSV
 format that differ by seeded noise. Only for the synthetic world: real data needs people.
 
 Example:
@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.io import atomic_directory  # noqa: E402
-from fashionblip2.quality import read_sample  # noqa: E402
-from fashionblip2.quality_auto import automatic_scores, noisy_annotator  # noqa: E402
+from fashionblip2.common.io import atomic_directory  # noqa: E402
+from fashionblip2.quality.automatic import automatic_scores, noisy_annotator  # noqa: E402
+from fashionblip2.quality.table2 import read_sample  # noqa: E402
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.embedding_file import EmbeddingFile  # noqa: E402
-from fashionblip2.io import write_json_atomic  # noqa: E402
-from fashionblip2.provenance import provenance  # noqa: E402
+from fashionblip2.common.io import write_json_atomic  # noqa: E402
+from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.pairing.embedding_file import EmbeddingFile  # noqa: E402
 
 
 def main() -> None:

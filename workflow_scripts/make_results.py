@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2 import experiment_tables as et  # noqa: E402
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.figures import contact_sheet, qualitative_row, recall_curve  # noqa: E402
-from fashionblip2.io import write_text_atomic  # noqa: E402
-from fashionblip2.manifest import manifest_paths  # noqa: E402
-from fashionblip2.provenance import provenance  # noqa: E402
-from fashionblip2.tables import write_table  # noqa: E402
+from fashionblip2.common.io import write_text_atomic  # noqa: E402
+from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.results import tables as et  # noqa: E402
+from fashionblip2.results.figures import contact_sheet, qualitative_row, recall_curve  # noqa: E402
+from fashionblip2.results.writing import write_table  # noqa: E402
+from fashionblip2.sources.manifest import manifest_paths  # noqa: E402
 
 log = logging.getLogger("make_results")
 

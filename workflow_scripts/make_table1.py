@@ -14,10 +14,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.provenance import provenance  # noqa: E402
-from fashionblip2.report import InputReport  # noqa: E402
+from fashionblip2.common.issues import InputReport  # noqa: E402
+from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.datasets.table1 import TOKENISATION, facap_rows, fashioniq_row, table1  # noqa: E402
+from fashionblip2.results.writing import write_table  # noqa: E402
 from fashionblip2.sources import read_fashioniq_triplets  # noqa: E402
-from fashionblip2.tables import TOKENISATION, facap_rows, fashioniq_row, table1, write_table  # noqa: E402
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
-from fashionblip2.provenance import provenance  # noqa: E402
-from fashionblip2.quality import quality_table, read_annotations, read_sample  # noqa: E402
-from fashionblip2.tables import write_table  # noqa: E402
+from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.quality.table2 import quality_table, read_annotations, read_sample  # noqa: E402
+from fashionblip2.results.writing import write_table  # noqa: E402
 
 
 def expand(paths: list[str]) -> list[Path]:

@@ -17,15 +17,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 from fashionblip2.cli_utils import add_pairing_selection, run_main, selected_images, setup_logging  # noqa: E402
-from fashionblip2.embedding_file import EmbeddingFile  # noqa: E402
-from fashionblip2.io import write_json_atomic, write_parquet_atomic  # noqa: E402
-from fashionblip2.pairing import (  # noqa: E402
+from fashionblip2.common.io import write_json_atomic, write_parquet_atomic  # noqa: E402
+from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.pairing.embedding_file import EmbeddingFile  # noqa: E402
+from fashionblip2.pairing.topk import (  # noqa: E402
     ENGINES,
     align_embeddings,
     pair_groups,
     similarity_summary,
 )
-from fashionblip2.provenance import provenance  # noqa: E402
 
 
 def main() -> None:

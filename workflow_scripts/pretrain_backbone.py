@@ -21,8 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import add_training_run_arguments, run_main, setup_logging  # noqa: E402
-from fashionblip2.data import ImageStore  # noqa: E402
-from fashionblip2.experiments import (  # noqa: E402
+from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.datasets.triplets import pretraining_pairs  # noqa: E402
+from fashionblip2.model.configuration import tiny_blip2_config  # noqa: E402
+from fashionblip2.model.pretraining import Blip2ImageTextContrastive  # noqa: E402
+from fashionblip2.model.processing import ImageStore  # noqa: E402
+from fashionblip2.model.tokenization import load_tokenizer  # noqa: E402
+from fashionblip2.sources.manifest import manifest_paths  # noqa: E402
+from fashionblip2.training.runs import (  # noqa: E402
     run_info,
     save_run,
     seed_everything,
@@ -30,12 +36,6 @@ from fashionblip2.experiments import (  # noqa: E402
     train_backbone,
     train_config,
 )
-from fashionblip2.manifest import manifest_paths  # noqa: E402
-from fashionblip2.model.configuration import tiny_blip2_config  # noqa: E402
-from fashionblip2.model.pretraining import Blip2ImageTextContrastive  # noqa: E402
-from fashionblip2.provenance import provenance  # noqa: E402
-from fashionblip2.text import load_tokenizer  # noqa: E402
-from fashionblip2.triplets import pretraining_pairs  # noqa: E402
 
 log = logging.getLogger("pretrain_backbone")
 

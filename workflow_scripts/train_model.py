@@ -24,8 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import add_training_run_arguments, run_main, setup_logging  # noqa: E402
-from fashionblip2.data import ImageStore  # noqa: E402
-from fashionblip2.experiments import (  # noqa: E402
+from fashionblip2.common.issues import InputReport  # noqa: E402
+from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.datasets.triplets import read_facap, read_fashioniq_split  # noqa: E402
+from fashionblip2.model.processing import ImageStore  # noqa: E402
+from fashionblip2.model.tokenization import load_tokenizer  # noqa: E402
+from fashionblip2.sources.manifest import manifest_paths  # noqa: E402
+from fashionblip2.training.runs import (  # noqa: E402
     ModelSettings,
     Variant,
     build_model,
@@ -36,11 +41,6 @@ from fashionblip2.experiments import (  # noqa: E402
     train_cir,
     train_config,
 )
-from fashionblip2.manifest import manifest_paths  # noqa: E402
-from fashionblip2.provenance import provenance  # noqa: E402
-from fashionblip2.report import InputReport  # noqa: E402
-from fashionblip2.text import load_tokenizer  # noqa: E402
-from fashionblip2.triplets import read_facap, read_fashioniq_split  # noqa: E402
 
 log = logging.getLogger("train_model")
 

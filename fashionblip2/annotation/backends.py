@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from fashionblip2.annotation.lexicon import find_attributes
-from fashionblip2.colours import NAMED_COLOURS
-from fashionblip2.images import load_rgb
-from fashionblip2.io import write_json_atomic
-from fashionblip2.report import BadInputError, StopRun
+from fashionblip2.common.colours import NAMED_COLOURS
+from fashionblip2.common.images import load_rgb
+from fashionblip2.common.io import write_json_atomic
+from fashionblip2.common.issues import BadInputError, StopRun
 
 log = logging.getLogger(__name__)
 OnResult = Callable[[int, "str | None", "str | None"], None]  # (index, text, error)

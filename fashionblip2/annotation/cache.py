@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fashionblip2.report import StopRun
+from fashionblip2.common.issues import StopRun
 
 
 def request_key(backend: str, model: str, request: Any) -> str:

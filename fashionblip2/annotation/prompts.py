@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from fashionblip2.report import BadInputError
+from fashionblip2.common.issues import BadInputError
 
 ROLES = ("system", "user", "assistant")
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from fashionblip2.annotation.backends import Request
 from fashionblip2.annotation.cache import ResultCache, request_key
-from fashionblip2.report import StopRun
+from fashionblip2.common.issues import StopRun
 
 log = logging.getLogger(__name__)
 Check = Callable[["str | None"], "str | None"]

@@ -19,7 +19,7 @@ from fashionblip2.annotation.backends import (
 from fashionblip2.annotation.cache import file_digest
 from fashionblip2.annotation.prompts import PromptTemplate
 from fashionblip2.annotation.validation import check_caption, check_modification
-from fashionblip2.report import BadInputError
+from fashionblip2.common.issues import BadInputError
 from fashionblip2.sources.records import readable_category
 
 STAGES = ("caption", "modification")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fashionblip2.report import BadInputError, InputReport
+from fashionblip2.common.issues import BadInputError, InputReport
 from fashionblip2.sources.records import ImageRecord
 
 REQUIRED = ("image_path", "category", "item_id")

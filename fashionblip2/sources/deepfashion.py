@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from fashionblip2.report import BadInputError, InputReport
+from fashionblip2.common.issues import BadInputError, InputReport
 from fashionblip2.sources.records import ImageRecord
 
 SOURCE = "deepfashion_mm"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from fashionblip2.report import BadInputError, InputReport
+from fashionblip2.common.issues import BadInputError, InputReport
 from fashionblip2.sources.records import ImageRecord
 
 SOURCE = "fashioniq"

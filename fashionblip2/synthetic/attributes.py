@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fashionblip2.colours import NAMED_COLOURS
+from fashionblip2.common.colours import NAMED_COLOURS
 
 GARMENTS = ("dress", "skirt", "pants", "jacket", "top", "shirt", "toptee")
 

@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from fashionblip2.io import atomic_directory, dumps_json, write_parquet_atomic
+from fashionblip2.common.io import atomic_directory, dumps_json, write_parquet_atomic
 from fashionblip2.synthetic.attributes import Garment, mutate_garment, pick, sample_garment, stable_rng
 from fashionblip2.synthetic.render import View, render_garment
 from fashionblip2.synthetic.texts import (

@@ -1,0 +1,262 @@
+"""Image pairing (paper §3.1): within each (source, category) group, each image's top-20 most
+similar images of *other* items by cosine similarity, then one partner drawn at random.
+
+Two exact engines give the same neighbours:
+
+- ``blocked`` (default): the group's similarity matrix is symmetric, so each block pair (I, J),
+  J >= I, is multiplied once and feeds the running top-k of both its rows and its columns. That
+  is half the multiply-adds of any search that treats every image as an independent query, and
+  no N x N matrix is ever held (one block of ``block`` x ``block`` similarities at a time).
+- ``faiss``: FAISS ``IndexFlatIP`` exact search of the group against itself.
+
+Both fetch ``top_k + the largest item's view count`` neighbours, so that after dropping the
+image itself and the other views of its item at least ``top_k`` remain whenever the group has them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+ENGINES = ("blocked", "faiss")
+PAIR_COLUMNS = ["reference_id", "target_id", "source", "category", "similarity", "rank", "candidates"]
+
+
+def knn_blocked(x: np.ndarray, k: int, block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner-product neighbours of every row of ``x`` among all rows (itself included).
+
+    Returns (similarities, indices), each (n, k), sorted by decreasing similarity, ties by index.
+    Each block pair (I, J), J > I, is multiplied once and updates the rows of I and of J. Each
+    diagonal block is first split in two halves whose own products seed every row's top-k, so
+    that the rest only merges entries above a row's current k-th value.
+    """
+    n = x.shape[0]
+    k = min(k, n)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    best_val = torch.full((n, k), -math.inf)
+    best_idx = torch.full((n, k), -1, dtype=torch.int64)
+    size = min(block, n)
+    buffers = (np.empty((size, size), np.float32), np.empty((size, size), bool), np.empty((size, size), bool))
+
+    def product(i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
+        out = np.ndarray((i1 - i0, j1 - j0), np.float32, buffers[0])  # reuse one buffer: no page faults
+        np.matmul(x[i0:i1], x[j0:j1].T, out=out)  # NumPy's sgemm measured faster than torch.mm here
+        return out
+
+    # Seed: the diagonal half-blocks, each against itself (a top-k over every entry).
+    halves = [h for i0, i1 in iter_blocks(n, block) for h in ((i0, (i0 + i1 + 1) // 2), ((i0 + i1 + 1) // 2, i1))]
+    for h0, h1 in halves:
+        if h1 > h0:
+            kk = min(k, h1 - h0)
+            val, pos = torch.topk(torch.from_numpy(product(h0, h1, h0, h1)), kk, dim=1)
+            best_val[h0:h1, :kk], best_idx[h0:h1, :kk] = val, pos + h0
+    # Then every other pair once: the two halves of a diagonal block, and all off-diagonal blocks.
+    blocks = list(iter_blocks(n, block))
+    pairs = [
+        (halves[2 * b], halves[2 * b + 1]) for b in range(len(blocks)) if halves[2 * b + 1][1] > halves[2 * b + 1][0]
+    ]
+    pairs += [(blocks[a], blocks[b]) for a in range(len(blocks)) for b in range(a + 1, len(blocks))]
+    for (i0, i1), (j0, j1) in pairs:
+        s = product(i0, i1, j0, j1)
+        row_threshold, col_threshold = best_val[i0:i1, -1].numpy(), best_val[j0:j1, -1].numpy()
+        # One pass finds every entry that may enter its row's or its column's top-k.
+        rows_mask = np.ndarray(s.shape, bool, buffers[1])
+        cols_mask = np.ndarray(s.shape, bool, buffers[2])
+        np.greater(s, row_threshold[:, None], out=rows_mask)
+        np.greater(s, col_threshold[None, :], out=cols_mask)
+        np.logical_or(rows_mask, cols_mask, out=rows_mask)
+        a, b = torch.from_numpy(rows_mask).nonzero(as_tuple=True)
+        if a.numel() == 0:
+            continue
+        vals = torch.from_numpy(s)[a, b]
+        for_rows = vals > torch.from_numpy(row_threshold)[a]
+        for_cols = vals > torch.from_numpy(col_threshold)[b]
+        _merge(best_val, best_idx, a[for_rows] + i0, b[for_rows] + j0, vals[for_rows])
+        _merge(best_val, best_idx, b[for_cols] + j0, a[for_cols] + i0, vals[for_cols])
+    return _sort_ties(best_val.numpy(), best_idx.numpy())
+
+
+def _merge(
+    best_val: torch.Tensor, best_idx: torch.Tensor, rows: torch.Tensor, cands: torch.Tensor, vals: torch.Tensor
+) -> None:
+    """Merge candidate (row, candidate, similarity) triples into the running top-k of their rows."""
+    if rows.numel() == 0:
+        return
+    k = best_val.shape[1]
+    order = torch.argsort(rows, stable=True)
+    rows, cands, vals = rows[order], cands[order], vals[order]
+    touched, counts = torch.unique_consecutive(rows, return_counts=True)
+    # Lay each touched row's candidates out in a padded (touched, width) table, then merge by top-k.
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.repeat_interleave(torch.arange(touched.numel()), counts)
+    slot = torch.arange(rows.numel()) - starts[local]
+    width = int(counts.max())
+    pad_val = torch.full((touched.numel(), width), -math.inf)
+    pad_idx = torch.full((touched.numel(), width), -1, dtype=torch.int64)
+    pad_val[local, slot] = vals
+    pad_idx[local, slot] = cands
+    merged_val = torch.cat([best_val.index_select(0, touched), pad_val], dim=1)
+    merged_idx = torch.cat([best_idx.index_select(0, touched), pad_idx], dim=1)
+    val, pos = torch.topk(merged_val, k, dim=1)
+    best_val.index_copy_(0, touched, val)
+    best_idx.index_copy_(0, touched, merged_idx.gather(1, pos))
+
+
+def knn_faiss(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same neighbours through FAISS ``IndexFlatIP`` (every image a query against the group)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    sims, idx = index.search(x, min(k, x.shape[0]))
+    return _sort_ties(sims, idx)
+
+
+def _sort_ties(sims: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order each row by decreasing similarity, then increasing index, so engines agree exactly."""
+    order = np.lexsort((idx, -sims), axis=1)
+    return np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def knn(x: np.ndarray, k: int, engine: str = "blocked", block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    if engine == "blocked":
+        return knn_blocked(x, k, block)
+    if engine == "faiss":
+        return knn_faiss(x, k)
+    raise ValueError(f"unknown pairing engine {engine!r}; expected one of {ENGINES}")
+
+
+def other_item_neighbours(
+    x: np.ndarray, items: np.ndarray, top_k: int, engine: str = "blocked", block: int = 8192
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``top_k`` neighbours of each row among rows of *other* items.
+
+    Returns (similarities, indices, counts): arrays (n, top_k) padded with -inf / -1, and the number
+    of valid neighbours per row (smaller than ``top_k`` only when the group has fewer other items' images).
+    """
+    n = x.shape[0]
+    codes, item_codes = np.unique(items, return_inverse=True)
+    largest_item = int(np.bincount(item_codes).max()) if n else 0
+    sims, idx = knn(x, top_k + largest_item, engine, block)
+    valid = item_codes[idx] != item_codes[:, None]
+    # Keep the first top_k valid entries of each row, in order.
+    rank = np.cumsum(valid, axis=1) - 1
+    keep = valid & (rank < top_k)
+    out_sims = np.full((n, top_k), -np.inf, dtype=np.float32)
+    out_idx = np.full((n, top_k), -1, dtype=np.int64)
+    rows, cols = np.nonzero(keep)
+    out_sims[rows, rank[rows, cols]] = sims[rows, cols]
+    out_idx[rows, rank[rows, cols]] = idx[rows, cols]
+    counts = keep.sum(axis=1)
+    return out_sims, out_idx, counts
+
+
+def draw_rank(seed: int, image_id: str, candidates: int) -> int:
+    """A uniform draw in [0, candidates) that depends only on the seed and the image, not on order."""
+    digest = hashlib.sha256(f"{seed}\0{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % candidates
+
+
+@dataclass
+class GroupResult:
+    source: str
+    category: str
+    images: int
+    paired: int
+
+
+def pair_groups(
+    images: pd.DataFrame,
+    vectors: np.ndarray,
+    *,
+    top_k: int = 20,
+    seed: int = 0,
+    engine: str = "blocked",
+    block: int = 8192,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, list[GroupResult]]:
+    """Pair every image with one partner drawn among its top-``top_k`` other-item neighbours.
+
+    ``images`` has columns image_id, source, category, item_id, aligned row by row with ``vectors``
+    (L2-normalised). Images in groups with fewer than two items get no partner (counted per group).
+    """
+    frames, results = [], []
+    groups = list(images.groupby(["source", "category"], sort=True).indices.items())
+    for (source, category), rows in tqdm(groups, desc="pairing groups", unit="group", disable=not progress):
+        rows = np.sort(rows)
+        sub = images.iloc[rows]
+        sims, idx, counts = other_item_neighbours(vectors[rows], sub["item_id"].to_numpy(), top_k, engine, block)
+        ids = sub["image_id"].to_numpy()
+        has = np.nonzero(counts > 0)[0]
+        ranks = np.array([draw_rank(seed, ids[i], int(counts[i])) for i in has], dtype=np.int64)
+        chosen = idx[has, ranks] if len(has) else np.array([], dtype=np.int64)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "reference_id": ids[has],
+                    "target_id": ids[chosen],
+                    "source": source,
+                    "category": category,
+                    "similarity": sims[has, ranks].astype(np.float32) if len(has) else np.array([], np.float32),
+                    "rank": ranks,
+                    "candidates": counts[has].astype(np.int64),
+                },
+                columns=PAIR_COLUMNS,
+            )
+        )
+        results.append(GroupResult(str(source), str(category), len(rows), len(has)))
+    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIR_COLUMNS)
+    return pairs, results
+
+
+def similarity_summary(pairs: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Distribution of the chosen pairs' similarities per group, for the data card."""
+    out = {}
+    for (source, category), g in pairs.groupby(["source", "category"], sort=True):
+        s = g["similarity"].to_numpy(dtype=np.float64)
+        q = np.quantile(s, [0.0, 0.1, 0.5, 0.9, 1.0])
+        out[f"{source}/{category}"] = {
+            "pairs": int(len(s)),
+            "mean": round(float(s.mean()), 6),
+            "std": round(float(s.std()), 6),
+            **{name: round(float(v), 6) for name, v in zip(("min", "p10", "median", "p90", "max"), q, strict=True)},
+        }
+    return out
+
+
+def iter_blocks(n: int, block: int) -> Iterator[tuple[int, int]]:
+    for i0 in range(0, n, block):
+        yield i0, min(i0 + block, n)
+
+
+def align_embeddings(
+    images: pd.DataFrame, image_ids: np.ndarray, vectors: np.ndarray, failed_ids: np.ndarray, *, where: str
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Vectors in the order of ``images``; images whose decoding failed at embedding time are dropped.
+
+    Returns (images kept, their vectors, images skipped). An image with neither a vector nor a
+    recorded failure means the files are out of step: an error naming how many and ``where``.
+    """
+    position = pd.Series(np.arange(len(image_ids)), index=pd.Index(image_ids))
+    if not position.index.is_unique:
+        raise ValueError(f"{where}: duplicate image ids in the embeddings")
+    failed = images["image_id"].isin(set(failed_ids.tolist()))
+    found = images["image_id"].isin(position.index)
+    lost = images.loc[~found & ~failed, "image_id"]
+    if len(lost):
+        from fashionblip2.common.issues import BadInputError
+
+        raise BadInputError(
+            f"{where}: {len(lost)} image(s) of the manifest have no embedding (e.g. {', '.join(lost.head(3))}); "
+            "the embeddings are older than the manifest: rerun the embed rules"
+        )
+    kept = images[found].reset_index(drop=True)
+    return kept, vectors[position.loc[kept["image_id"]].to_numpy()], images[failed & ~found].reset_index(drop=True)

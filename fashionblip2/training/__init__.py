@@ -1,0 +1,1 @@
+"""Stage: training (rules/training.smk): one trainer, the paper's runs, the gradient cache and data parallelism."""

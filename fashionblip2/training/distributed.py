@@ -1,0 +1,63 @@
+"""Data-parallel training helpers (``torchrun``): the process group, and the gathering of embeddings
+across ranks so that the in-batch negatives of the contrastive losses are the whole global batch.
+
+Every rank gathers every rank's embeddings (with their autograd graph) and computes the same full
+loss. The backward pass of the gather sums the gradients that reach each rank's embeddings, so a
+rank's local parameters receive ``world_size`` times their share; DDP then averages over ranks,
+which leaves exactly the single-process gradient of the global batch (tested with gloo).
+
+With the gradient cache (fashionblip2.training.grad_cache) the same holds: the loss on the cached embeddings
+gathers them across ranks, its backward pass scatters each rank's share of the embedding gradients
+back to it (times ``world_size``), each rank re-embeds its own micro-batches, and
+:func:`average_gradients` then plays DDP's part (tested with gloo against one process).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1); returns this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows of ``t``, in rank order, differentiable; ``t`` itself outside a process group."""
+    if world()[1] == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t.contiguous()), dim=0)
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average ``.grad`` over ranks in one collective (what DDP does after its own backward pass).
+    Parameters without a gradient are left alone: every rank runs the same graph, so they agree."""
+    _, world_size = world()
+    grads = [p.grad for p in params if p.grad is not None]
+    if world_size == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

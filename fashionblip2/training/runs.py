@@ -1,0 +1,276 @@
+"""The paper's training runs, built from the library pieces: pretraining of the embedded default's
+backbone, stage 1 on FACap, stage 2 on FashionIQ. The workflow scripts call these.
+
+A run folder holds the final model (``save_pretrained``), its tokenizer, ``metrics.jsonl`` and
+``training.json`` (what was trained, on what, with which settings): it is all ``fashionblip2 search``
+and the evaluation need. Checkpoints live in a separate folder (the rule's outputs are deleted by
+Snakemake before a rerun; the checkpoint must survive to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fashionblip2.common.io import atomic_directory, dumps_json
+from fashionblip2.datasets.triplets import Triplets
+from fashionblip2.model import FashionBLIP2
+from fashionblip2.model.configuration import MATCHING
+from fashionblip2.model.processing import ImageStore
+from fashionblip2.model.tokenization import tokenize
+from fashionblip2.training.trainer import METRICS, TrainConfig, resolve_device, train
+
+log = logging.getLogger(__name__)
+LOSSES = ("cir", "ctr")
+
+
+@dataclass
+class Variant:
+    """One model of the experiment grid (declared once in config under ``experiments.variants``)."""
+
+    losses: list[str] = field(default_factory=lambda: ["cir", "ctr"])
+    adapters: bool = True
+    matching: str = "multihead"
+    facap_fraction: float = 1.0  # 0: no FACap stage; stage 2 starts from the pretrained backbone
+    label: str = ""
+
+    def __post_init__(self):
+        unknown = set(self.losses) - set(LOSSES)
+        if unknown or "cir" not in self.losses:
+            raise ValueError(f"losses must include cir and be among {LOSSES}, not {self.losses}")
+        if self.matching not in MATCHING:
+            raise ValueError(f"matching must be one of {MATCHING}, not {self.matching!r}")
+        if not 0 <= self.facap_fraction <= 1:
+            raise ValueError(f"facap_fraction must be in [0, 1], not {self.facap_fraction}")
+
+
+@dataclass
+class ModelSettings:
+    """Sizes of the FashionBLIP-2 heads and text input (paper: 12 heads of 256, factor 16, 128 tokens)."""
+
+    adapter_factor: int = 16
+    num_heads: int = 12
+    head_dim: int = 256
+    max_text_length: int = 128
+
+
+class ImageFeatureCache:
+    """Image-encoder outputs, computed once per image when the encoder is frozen (stage 2, and stage 1
+    without adapters): the frozen encoder gives the same output every epoch, so running it again
+    would only spend time. Computed without gradients, in eval mode, in batches."""
+
+    def __init__(self, model: FashionBLIP2, store: ImageStore, batch_size: int = 64):
+        self.model = model
+        self.store = store
+        self.batch_size = batch_size
+        self._features: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, keys: Sequence[str], device: torch.device) -> torch.Tensor:
+        todo = [k for k in dict.fromkeys(keys) if k not in self._features]
+        vision = self.model.backbone.vision_model
+        was_training = vision.training
+        vision.eval()
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i : i + self.batch_size]
+            out = self.model.image_features(self.store.pixels(chunk).to(device))
+            self._features.update(zip(chunk, out.float().cpu(), strict=True))
+        vision.train(was_training)
+        return torch.stack([self._features[k] for k in keys]).to(device)
+
+
+def build_model(start: str | os.PathLike[str], variant: Variant, settings: ModelSettings, stage: int) -> FashionBLIP2:
+    """Stage 1 (or stage 2 of a variant without FACap): a BLIP-2 checkpoint with fresh adapters and
+    heads. Stage 2 after stage 1: the stage-1 model as saved."""
+    config = json.loads((Path(start) / "config.json").read_text())
+    if config.get("model_type") == "fashionblip2":
+        model = FashionBLIP2.from_pretrained(start)
+    else:
+        model = FashionBLIP2.from_pretrained(
+            start,
+            use_adapters=variant.adapters,
+            matching=variant.matching,
+            adapter_factor=settings.adapter_factor,
+            num_heads=settings.num_heads,
+            head_dim=settings.head_dim,
+            max_text_length=settings.max_text_length,
+        )
+    model.set_stage(stage)
+    return model
+
+
+def cir_training_batches(
+    model: FashionBLIP2,
+    data: Triplets,
+    store: ImageStore,
+    tokenizer,
+    *,
+    with_captions: bool,
+    randomise: bool,
+    seed: int,
+    device: torch.device,
+    cache_features: bool = True,
+):
+    """``make_batch`` and ``loss_fn`` for the trainer: CIR (and CTR) on triplets. Texts are drawn
+    with a generator seeded by (seed, step, index): a resumed run draws the same texts.
+    ``cache_features``: keep a frozen encoder's outputs in memory (off at paper scale: ViT-g
+    outputs of 25k images would take about 36 GB)."""
+    max_len = model.config.max_text_length
+    features = None
+    if model.image_encoder_frozen and cache_features:
+        features = ImageFeatureCache(model, store)
+        # All at once, in a fixed order: a feature must not depend on which batch first needed it
+        # (batch composition changes the last bits of a matmul), or a resumed run would drift.
+        features(sorted(set(data.reference) | set(data.target)), device)
+
+    def make_batch(indices: Sequence[int], step: int) -> dict[str, Any]:
+        texts = [data.training_text(i, random.Random(f"{seed}/{step}/{i}"), randomise) for i in indices]
+        ids, mask = tokenize(tokenizer, texts, max_len)
+        refs, tgts = [data.reference[i] for i in indices], [data.target[i] for i in indices]
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        if features is None:
+            batch |= {"reference_pixels": store.pixels(refs), "target_pixels": store.pixels(tgts)}
+        else:
+            batch |= {"reference_embeds": features(refs, device), "target_embeds": features(tgts, device)}
+        if with_captions:
+            batch["caption_ids"], batch["caption_mask"] = tokenize(
+                tokenizer, [data.target_caption[i] for i in indices], max_len
+            )
+        return batch
+
+    def loss_fn(m: FashionBLIP2, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return m(
+            batch.get("reference_pixels"),
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("target_pixels"),
+            batch.get("caption_ids"),
+            batch.get("caption_mask"),
+            reference_embeds=batch.get("reference_embeds"),
+            target_embeds=batch.get("target_embeds"),
+        )
+
+    return make_batch, loss_fn
+
+
+def train_cir(
+    model: FashionBLIP2,
+    data: Triplets,
+    store: ImageStore,
+    tokenizer,
+    cfg: TrainConfig,
+    checkpoint_dir: str | os.PathLike[str],
+    *,
+    with_captions: bool,
+    randomise: bool,
+    cache_features: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    if with_captions and data.target_caption is None:
+        raise ValueError("CTR needs target captions; this dataset has none (FashionIQ: use losses [cir])")
+    from fashionblip2.training.distributed import init_from_env
+
+    device = init_from_env(resolve_device(cfg.device))  # this rank's device under torchrun
+    make_batch, loss_fn = cir_training_batches(
+        model,
+        data,
+        store,
+        tokenizer,
+        with_captions=with_captions,
+        randomise=randomise,
+        seed=cfg.seed,
+        device=device,
+        cache_features=cache_features,
+    )
+    return train(model, len(data), make_batch, loss_fn, cfg, checkpoint_dir, progress=progress, stop_after=stop_after)
+
+
+def save_run(
+    model: torch.nn.Module,
+    tokenizer,
+    out_dir: str | os.PathLike[str],
+    checkpoint_dir: str | os.PathLike[str],
+    info: dict[str, Any],
+) -> None:
+    """Write the run folder whole (atomically), then drop the checkpoint it no longer needs.
+    Under data parallelism only rank 0 writes."""
+    from fashionblip2.training.distributed import world
+
+    if world()[0] != 0:
+        return
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        metrics = Path(checkpoint_dir) / METRICS
+        if metrics.exists():
+            shutil.copyfile(metrics, tmp / METRICS)
+        (tmp / "training.json").write_text(dumps_json(info), encoding="utf-8")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def run_info(
+    stage: str, variant: Variant | None, cfg: TrainConfig, data: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "variant": asdict(variant) if variant is not None else None,
+        "training": asdict(cfg),
+        "data": data,
+        **extra,
+    }
+
+
+def train_backbone(
+    model: torch.nn.Module,
+    keys: list[str],
+    texts: list[str],
+    store: ImageStore,
+    tokenizer,
+    cfg: TrainConfig,
+    checkpoint_dir: str | os.PathLike[str],
+    *,
+    max_text_length: int,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Image-text contrastive pretraining (:class:`Blip2ImageTextContrastive`) on (image, text) pairs."""
+
+    def make_batch(indices: Sequence[int], step: int) -> dict[str, torch.Tensor]:
+        ids, mask = tokenize(tokenizer, [texts[i] for i in indices], max_text_length)
+        return {"pixel_values": store.pixels([keys[i] for i in indices]), "input_ids": ids, "attention_mask": mask}
+
+    def loss_fn(m, batch):
+        return m(**batch)
+
+    return train(model, len(keys), make_batch, loss_fn, cfg, checkpoint_dir, progress=progress, stop_after=stop_after)
+
+
+def train_config(run: dict[str, Any], common: dict[str, Any]) -> TrainConfig:
+    """A run's TrainConfig from config: its own section (steps, lr, ...) plus the shared keys."""
+    shared = {k: common[k] for k in ("seed", "device", "precision", "gradient_checkpointing") if k in common}
+    return TrainConfig(**{**run, **shared})
+
+
+def seed_everything(seed: int) -> None:
+    """Seed before a model is built: fresh adapters and heads are drawn at construction, and the same
+    config must give the same weights."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use the threads the job was given (Snakemake's ``threads``), not every core of the node."""
+    if threads:
+        torch.set_num_threads(threads)

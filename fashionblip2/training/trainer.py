@@ -1,0 +1,259 @@
+"""One trainer for every training run (stage 1 on FACap, stage 2 on FashionIQ, every ablation).
+
+It owns what makes a run reproducible and resumable, and nothing model-specific:
+- AdamW (parameters that require grad), warm-up then cosine decay or one-cycle, gradient clipping;
+- a data order that depends only on (seed, epoch), so a resumed run sees the same batches;
+- a checkpoint every ``checkpoint_every`` steps, written atomically: model, optimiser, schedule,
+  step, RNG states; ``train`` resumes from it when it exists;
+- a non-finite loss stops the run with the step and the loss parts, before the weights are touched;
+- a progress bar and a JSONL metrics log (trimmed back to the checkpoint on resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fashionblip2.common.io import atomic_path
+from fashionblip2.training.distributed import average_gradients, init_from_env, world
+from fashionblip2.training.grad_cache import grad_cache_step
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine (linear warm-up, cosine decay to 0) | onecycle
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50
+    device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast; on GPU)
+    gradient_checkpointing: bool = False
+    micro_batch_size: int = 0  # 0: the whole batch at once; else a gradient cache over micro-batches
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "onecycle"):
+            raise ValueError(f"schedule must be cosine or onecycle, not {self.schedule!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {self.precision!r}")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+    # How a run is computed, not what it computes: a job may move to another device (or turn
+    # gradient checkpointing on to fit it) and still resume its checkpoint.
+    RUNTIME_FIELDS = ("device", "gradient_checkpointing")
+
+    def resume_key(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed."""
+        return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS} | {"betas": list(self.betas)}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a batch (dict, list or tuple, nested) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The batches of one epoch: a permutation that depends only on (seed, epoch), last partial batch dropped
+    (in-batch negatives want full batches)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=max(cfg.steps, 2),
+            pct_start=min(0.3, max(cfg.warmup_steps, 1) / max(cfg.steps, 2)),
+        )
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def train(
+    model: torch.nn.Module,
+    n_examples: int,
+    make_batch: Callable[[Sequence[int], int], Any],
+    loss_fn: Callable[[torch.nn.Module, Any], dict[str, torch.Tensor]],
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` for ``cfg.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if it exists.
+
+    ``make_batch(indices, step)`` builds a batch from example indices (any randomness in it must come
+    from ``step``, so that a resumed run builds the same batches); its tensors are moved to the
+    device. ``loss_fn(model, batch)`` returns a dict with a ``loss`` entry (and any parts to log).
+    ``stop_after`` ends the call after that many steps in total, as a killed job would (used by tests).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the run is data-parallel: ``cfg.batch_size`` is the global
+    batch, each rank builds its slice of it, the model's losses gather embeddings across ranks (the
+    negatives are the global batch), and rank 0 writes checkpoints and metrics.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = init_from_env(resolve_device(cfg.device))
+    rank, world_size = world()
+    if cfg.batch_size % world_size:
+        raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes")
+    model.to(device)
+    if cfg.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise TrainingError(f"{type(model).__name__} does not support gradient checkpointing")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("no parameter requires grad: nothing to train")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg)
+    step = 0
+    if (out / CHECKPOINT).exists():
+        state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+        if {k: v for k, v in state["config"].items() if k not in cfg.RUNTIME_FIELDS} != cfg.resume_key():
+            raise TrainingError(
+                f"{out / CHECKPOINT} was written with another training config; "
+                "use a new output folder or the same config"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        step = state["step"]
+        log.info("resuming from %s at step %d of %d", out / CHECKPOINT, step, cfg.steps)
+    if rank == 0:
+        _trim_metrics(out / METRICS, step)
+    trained = model
+    if world_size > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    per_epoch = len(batch_order(n_examples, cfg.batch_size, cfg.seed, 0))
+    if per_epoch == 0:
+        raise TrainingError(f"{n_examples} examples make no full batch of {cfg.batch_size}")
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress or rank > 0)
+    with open(out / METRICS if rank == 0 else os.devnull, "a", encoding="utf-8") as metrics:
+        while step < cfg.steps and (stop_after is None or step < stop_after):
+            epoch, position = divmod(step, per_epoch)
+            indices = batch_order(n_examples, cfg.batch_size, cfg.seed, epoch)[position]
+            batch = to_device(make_batch(indices[rank::world_size].tolist(), step), device)
+            optimizer.zero_grad(set_to_none=True)
+            cached = 0 < cfg.micro_batch_size < cfg.batch_size // world_size
+            if cached:
+                # The plain module, not DDP: the cache back-propagates several times per step, and the
+                # gradients are averaged over ranks once, below.
+                parts = grad_cache_step(model, batch, cfg.micro_batch_size, autocast)  # back-propagates
+                if world_size > 1:
+                    average_gradients(params)
+            else:
+                with autocast:
+                    parts = loss_fn(trained, batch)
+            loss = parts["loss"]
+            if not torch.isfinite(loss):
+                values = {k: float(v.detach()) for k, v in parts.items()}
+                raise TrainingError(
+                    f"non-finite loss at step {step} (epoch {epoch}): {values}; the last good "
+                    f"checkpoint is {out / CHECKPOINT}. Lower the learning rate or check the data."
+                )
+            if not cached:
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                **{k: float(v.detach()) for k, v in parts.items()},
+            }
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and rank == 0:
+                with atomic_path(out / CHECKPOINT) as tmp:
+                    torch.save(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "step": step,
+                            "rng": _rng_state(),
+                            "config": cfg.resume_key() | {"device": cfg.device},
+                        },
+                        tmp,
+                    )
+    bar.close()
+    if world_size > 1:
+        torch.distributed.barrier()  # the caller saves the model once every rank is done
+    return {"step": step, "done": step >= cfg.steps}
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint: a resumed run writes those steps again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,100 @@
+"""Tables 3-5 from evaluation files: our rows beside the paper's, never mixed."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from fashionblip2.results import tables as et
+from fashionblip2.results.writing import write_table
+
+
+def write_eval(root, stage, variant, dataset, base):
+    cats = {
+        c: {"R@10": base + i, "R@50": base + 10 + i, "gallery": 80, "chance R@10": 12.5, "chance R@50": 62.5}
+        for i, c in enumerate(("dress", "shirt", "toptee"))
+    }
+    summary = {"mean R@10": base + 1, "mean R@50": base + 11, "Avg": base + 6}
+    chance = {"mean R@10": 12.5, "mean R@50": 62.5, "Avg": 37.5}
+    path = root / stage / variant / f"{dataset}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"categories": cats, "summary": summary, "chance": chance}))
+
+
+@pytest.fixture
+def evals(tmp_path):
+    for n, v in enumerate(["a", "b", "c"]):
+        for stage in ("stage1", "stage2"):
+            for d, shift in (("fashioniq", 0), ("enhfashioniq", 5)):
+                write_eval(tmp_path, stage, v, d, 10 * n + (20 if stage == "stage2" else 0) + shift)
+    return tmp_path
+
+
+def test_table3_puts_our_rows_chance_and_reported_rows_apart(evals, tmp_path):
+    frame = et.table3(evals, {"without_finetuning": "a", "with_finetuning": "b"}, "this run (synthetic data)")
+    ours = frame[frame["Rows from"] == "this run (synthetic data)"]
+    assert list(ours["Model"]) == ["chance (random ranking)", "FashionBLIP-2 (a)", "FashionBLIP-2 (b)"]
+    assert ours.iloc[1]["Shirts R@50"] == 11 and ours.iloc[2]["Avg"] == 10 + 20 + 6
+    assert ours.iloc[0]["Avg"] == 37.5
+    reported = frame[frame["Rows from"] == et.REPORTED]
+    assert len(reported) == len(et.TABLE3_REPORTED)
+    assert reported[reported["Model"] == "FashionBLIP-2"]["Avg"].tolist() == [44.6, 65.9]
+    write_table(frame, tmp_path / "t3", "Table 3", ["note"], tex=True)
+    assert "reported by the paper" in (tmp_path / "t3.md").read_text()
+    assert "\\begin{tabular}" in (tmp_path / "t3.tex").read_text()
+    assert len(pd.read_csv(tmp_path / "t3.csv")) == len(frame)
+
+
+def test_reported_rows_that_do_not_add_up_are_marked_and_explained(evals):
+    slips = et.table3_inconsistencies()
+    assert sorted(model for _, model in slips) == ["Context-I2W", "FTI4CIR", "SPRC", "TG-CIR"]
+    assert "per-category R@10 average 29.39, not the reported mean 20.39" in slips[(et.WITHOUT_FT, "FTI4CIR")]
+    assert "reported means give Avg 62.20, not 58.0" in slips[(et.WITH_FT, "TG-CIR")]
+    assert "Avg 38.35, not 39.3" in slips[(et.WITHOUT_FT, "Context-I2W")]
+    assert "Avg 64.94, not 64.8" in slips[(et.WITH_FT, "SPRC")]
+    # Rows consistent up to the decimals shown are left alone; a made-up slip is found.
+    assert et.table3_inconsistencies([(et.WITH_FT, "x", 10, 20, 12, 22, 14, 24, 12.0, 22.0, 17.0)]) == {}
+    assert et.table3_inconsistencies([(et.WITH_FT, "x", 10, 20, 12, 22, 14, 24, 12.0, 22.0, 18.0)])
+    frame = et.table3(evals, {"without_finetuning": "a", "with_finetuning": "b"}, "this run (synthetic data)")
+    marked = frame[frame["Model"].str.endswith(et.INCONSISTENT)]
+    assert sorted(marked["Model"]) == [f"{m} {et.INCONSISTENT}" for m in ("Context-I2W", "FTI4CIR", "SPRC", "TG-CIR")]
+    assert marked[marked["Model"].str.startswith("TG-CIR")]["Avg"].tolist() == [58.0]  # kept as reported
+    (note,) = et.table3_inconsistency_notes()
+    assert note.startswith(et.INCONSISTENT) and all(m in note for m in ("FTI4CIR", "TG-CIR", "SPRC", "Context-I2W"))
+
+
+def test_table4_and_table5_read_stage_and_dataset(evals):
+    t4 = et.table4(evals, [{"model": "M", "without_facap": "a", "with_facap": "b"}], "ours")
+    assert t4.iloc[0][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["no", 26, 31]
+    assert t4.iloc[1][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["yes", 36, 41]
+    variants = {"a": {"losses": ["cir"], "adapters": False, "matching": "global"}, "c": {}}
+    t5 = et.table5(evals, ["a", "c"], variants, "ours")
+    assert t5.iloc[0][["Training tasks", "Adapter", "Matching"]].tolist() == ["CIR", "no", "Global"]
+    assert t5.iloc[1][["Training tasks", "Adapter", "Matching"]].tolist() == ["CIR+CTR", "yes", "MH"]
+    assert t5.iloc[1][["no fine-tuning FIQ", "w/ fine-tuning enhFIQ"]].tolist() == [26, 51]
+    assert (t5["Rows from"] == et.REPORTED).sum() == 4
+
+
+def test_a_missing_evaluation_is_named(evals):
+    with pytest.raises(et.MissingEvaluation, match="nope"):
+        et.table3(evals, {"without_finetuning": "nope", "with_finetuning": "b"}, "ours")
+
+
+def test_figure6_rows_pick_the_best_and_the_worst_query_and_show_a_missed_target():
+    from fashionblip2.results.figures import qualitative_row
+
+    ranks = pd.DataFrame(
+        {
+            "reference": ["r1", "r2"],
+            "target": ["t1", "t2"],
+            "text": ["is red", "is blue"],
+            "top": [["t1", "x"], ["x", "y"]],
+            "target_rank": [1, 40],
+        }
+    )
+    paths = {k: f"{k}.png" for k in ("r1", "r2", "t1", "t2", "x", "y")}
+    best = qualitative_row(ranks, "fashioniq", "best", paths, k=2)
+    assert best.reference == "r1.png" and best.framed == [True, False] and best.note == "target rank: 1"
+    worst = qualitative_row(ranks, "fashioniq", "worst", paths, k=2)
+    assert worst.retrieved == ["x.png", "y.png", "t2.png"] and worst.labels[-1] == "target (#40)"
+    assert qualitative_row(ranks.iloc[:0], "fashioniq", "best", paths, k=2) is None
