@@ -18,12 +18,12 @@ from fashionblip2.cli_utils import setup_logging
 def search(args: argparse.Namespace) -> int:
     import torch
 
+    from fashionblip2.common.runtime import resolve_device
     from fashionblip2.evaluation.retrieval import load_index
     from fashionblip2.model import FashionBLIP2
     from fashionblip2.model.processing import ImageStore
     from fashionblip2.model.tokenization import load_tokenizer, tokenize
     from fashionblip2.results.figures import SheetRow, contact_sheet
-    from fashionblip2.training.trainer import resolve_device
 
     index, ids, paths = load_index(args.index)
     device = resolve_device(args.device)

@@ -26,14 +26,13 @@ from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import write_json_atomic, write_parquet_atomic  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.common.runtime import resolve_device, set_threads  # noqa: E402
 from fashionblip2.datasets.triplets import read_fashioniq_split, read_gallery  # noqa: E402
 from fashionblip2.evaluation.retrieval import encode_gallery, evaluate_queries  # noqa: E402
 from fashionblip2.model import FashionBLIP2  # noqa: E402
 from fashionblip2.model.processing import ImageStore  # noqa: E402
 from fashionblip2.model.tokenization import load_tokenizer  # noqa: E402
 from fashionblip2.sources.manifest import manifest_paths  # noqa: E402
-from fashionblip2.training.runs import set_threads  # noqa: E402
-from fashionblip2.training.trainer import resolve_device  # noqa: E402
 
 log = logging.getLogger("evaluate_model")
 

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 
 from fashionblip2.cli_utils import add_training_run_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.common.runtime import seed_everything, set_threads  # noqa: E402
 from fashionblip2.datasets.triplets import pretraining_pairs  # noqa: E402
 from fashionblip2.model.configuration import tiny_blip2_config  # noqa: E402
 from fashionblip2.model.pretraining import Blip2ImageTextContrastive  # noqa: E402
@@ -31,8 +32,6 @@ from fashionblip2.sources.manifest import manifest_paths  # noqa: E402
 from fashionblip2.training.runs import (  # noqa: E402
     run_info,
     save_run,
-    seed_everything,
-    set_threads,
     train_backbone,
     train_config,
 )

@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 from fashionblip2.cli_utils import add_training_run_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.common.runtime import seed_everything, set_threads  # noqa: E402
 from fashionblip2.datasets.triplets import read_facap, read_fashioniq_split  # noqa: E402
 from fashionblip2.model.processing import ImageStore  # noqa: E402
 from fashionblip2.model.tokenization import load_tokenizer  # noqa: E402
@@ -36,8 +37,6 @@ from fashionblip2.training.runs import (  # noqa: E402
     build_model,
     run_info,
     save_run,
-    seed_everything,
-    set_threads,
     train_cir,
     train_config,
 )

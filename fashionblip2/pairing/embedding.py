@@ -22,17 +22,10 @@ from tqdm import tqdm
 
 from fashionblip2.common.images import load_rgb
 from fashionblip2.common.issues import BadInputError
+from fashionblip2.common.runtime import resolve_device
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInputError(f"embedding.device is {device!r} but no CUDA device is available; use auto or cpu")
-    return torch.device(device)
 
 
 def load_image_encoder(model_name: str, pretrained: str | os.PathLike[str] | None = None, device: str = "auto"):
@@ -53,7 +46,7 @@ def load_image_encoder(model_name: str, pretrained: str | os.PathLike[str] | Non
             )
         pretrained = str(pretrained)
     model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained or None, device=resolve_device(device)
+        model_name, pretrained=pretrained or None, device=resolve_device(device, "embedding.device")
     )
     model.eval()
     return model, preprocess

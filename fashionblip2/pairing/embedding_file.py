@@ -20,7 +20,6 @@ def shard_bounds(n: int, shards: int, shard: int) -> tuple[int, int]:
 
 
 @dataclass
-@dataclass
 class EmbeddingFile:
     """What an embeddings file holds: ids aligned with vectors, plus the ids that failed and why."""
 

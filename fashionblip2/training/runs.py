@@ -19,16 +19,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fashionblip2.common.io import atomic_directory, dumps_json
+from fashionblip2.common.runtime import resolve_device
 from fashionblip2.datasets.triplets import Triplets
 from fashionblip2.model import FashionBLIP2
 from fashionblip2.model.configuration import MATCHING
 from fashionblip2.model.processing import ImageStore
 from fashionblip2.model.tokenization import tokenize
-from fashionblip2.training.trainer import METRICS, TrainConfig, resolve_device, train
+from fashionblip2.training.trainer import METRICS, TrainConfig, train
 
 log = logging.getLogger(__name__)
 LOSSES = ("cir", "ctr")
@@ -260,17 +260,3 @@ def train_config(run: dict[str, Any], common: dict[str, Any]) -> TrainConfig:
     """A run's TrainConfig from config: its own section (steps, lr, ...) plus the shared keys."""
     shared = {k: common[k] for k in ("seed", "device", "precision", "gradient_checkpointing") if k in common}
     return TrainConfig(**{**run, **shared})
-
-
-def seed_everything(seed: int) -> None:
-    """Seed before a model is built: fresh adapters and heads are drawn at construction, and the same
-    config must give the same weights."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def set_threads(threads: int | None) -> None:
-    """Use the threads the job was given (Snakemake's ``threads``), not every core of the node."""
-    if threads:
-        torch.set_num_threads(threads)

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from fashionblip2.common.io import atomic_path
+from fashionblip2.common.runtime import resolve_device, seed_everything
 from fashionblip2.training.distributed import average_gradients, init_from_env, world
 from fashionblip2.training.grad_cache import grad_cache_step
 
@@ -69,12 +70,6 @@ class TrainConfig:
     def resume_key(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed."""
         return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS} | {"betas": list(self.betas)}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -157,9 +152,7 @@ def train(
             raise TrainingError(f"{type(model).__name__} does not support gradient checkpointing")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    seed_everything(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("no parameter requires grad: nothing to train")
