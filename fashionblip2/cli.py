@@ -26,7 +26,7 @@ def search(args: argparse.Namespace) -> int:
     from fashionblip2.results.figures import SheetRow, contact_sheet
 
     index, ids, paths = load_index(args.index)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     model = FashionBLIP2.from_pretrained(args.model).to(device).eval()
     if index.d != model.heads * model.config.head_dim:
         raise SystemExit(

@@ -47,7 +47,7 @@ def main() -> None:
     rows = rows.drop_duplicates("path")
     if rows.empty:
         raise SystemExit("no manifest image matches --sources and --splits")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "evaluation.device")
     model = FashionBLIP2.from_pretrained(args.model).to(device).eval()
     store = ImageStore(manifest_paths(manifest), model.config.blip2_config().vision_config.image_size, cache=False)
     vectors = encode_gallery(model, store, rows["image_id"].tolist(), device, args.batch_size, progress=True)

@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     set_threads(args.threads)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "evaluation.device")
     categories = json.loads(args.categories)
     manifest = pd.read_parquet(args.manifest)
     available = set(manifest["image_id"])

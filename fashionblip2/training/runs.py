@@ -181,7 +181,7 @@ def train_cir(
         raise ValueError("CTR needs target captions; this dataset has none (FashionIQ: use losses [cir])")
     from fashionblip2.training.distributed import init_from_env
 
-    device = init_from_env(resolve_device(cfg.device))  # this rank's device under torchrun
+    device = init_from_env(resolve_device(cfg.device, "training.device"))  # this rank's device under torchrun
     make_batch, loss_fn = cir_training_batches(
         model,
         data,

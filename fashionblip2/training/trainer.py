@@ -142,7 +142,7 @@ def train(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = init_from_env(resolve_device(cfg.device))
+    device = init_from_env(resolve_device(cfg.device, "training.device"))
     rank, world_size = world()
     if cfg.batch_size % world_size:
         raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes")
