@@ -117,3 +117,84 @@ def check_paths(config: dict[str, Any], root: str | os.PathLike[str] = ".") -> N
     problems = path_problems(config, root)
     if problems:
         raise ValueError("the config names paths that are not there:\n  " + "\n  ".join(problems))
+
+
+# --- sources ----------------------------------------------------------------------------------------
+
+
+def enabled_sources(sources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: spec for name, spec in sources.items() if spec.get("enabled", True)}
+
+
+def source_root(name: str, root: str, synthetic_world: str | os.PathLike[str], downloads: str) -> str:
+    """Where a source's files are: the generated world, the download folder (``downloads`` has a
+    ``{source}`` field), or the user's own folder."""
+    if root == "synthetic":
+        return os.path.join(synthetic_world, name)
+    if root == "download":
+        return downloads.format(source=name)
+    return root
+
+
+def resolved_sources(
+    sources: dict[str, dict[str, Any]],
+    synthetic_world: str | os.PathLike[str],
+    downloads: str = "data/downloaded/{source}",
+) -> dict[str, dict[str, Any]]:
+    """The enabled sources with their "synthetic" and "download" roots replaced by folders."""
+    out = {}
+    for name, spec in enabled_sources(sources).items():
+        spec = dict(spec)
+        if "root" in spec:
+            spec["root"] = source_root(name, spec["root"], synthetic_world, downloads)
+        out[name] = spec
+    return out
+
+
+# --- the experiment grid ----------------------------------------------------------------------------
+
+
+def fraction_variant(base: str, fraction: float) -> str:
+    """Figure 5's subsets are variants of the base one, named by the percentage of FACap they see."""
+    return base if fraction == 1 else f"{base}_facap{round(100 * fraction)}"
+
+
+def figure5_variants(experiments: dict[str, Any]) -> list[tuple[float, str]]:
+    spec = experiments["figure5"]
+    return [(f, fraction_variant(spec["variant"], f)) for f in sorted(spec["fractions"])]
+
+
+def variants(experiments: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every variant: those declared in experiments.variants, plus Figure 5's fractions of its base."""
+    declared = experiments["variants"]
+    base = experiments["figure5"]["variant"]
+    out = dict(declared)
+    for fraction, name in figure5_variants(experiments):
+        if base not in declared:
+            raise ValueError(f"experiments.figure5.variant: {base!r} is not in experiments.variants")
+        out.setdefault(name, {**declared[base], "facap_fraction": fraction})
+    return out
+
+
+def has_facap_stage(spec: dict[str, Any]) -> bool:
+    return spec.get("facap_fraction", 1.0) > 0
+
+
+def check_experiment_names(experiments: dict[str, Any], search_variant: str) -> None:
+    """Every variant a table, figure or the search names must be declared; a variant trained without
+    FACap has no stage-1 model, so it cannot be a row "without fine-tuning"."""
+    known = variants(experiments)
+    used = {
+        "table3": [experiments["table3"]["without_finetuning"], experiments["table3"]["with_finetuning"]],
+        "table4": [e[k] for e in experiments["table4"] for k in ("without_facap", "with_facap")],
+        "table5": list(experiments["table5"]),
+        "figure6": [experiments["figure6"]["variant"]],
+        "search": [search_variant],
+    }
+    for where, listed in used.items():
+        for name in listed:
+            if name not in known:
+                raise ValueError(f"experiments.{where}: variant {name!r} is not declared in experiments.variants")
+    for name in [experiments["table3"]["without_finetuning"], *experiments["table5"]]:
+        if not has_facap_stage(known[name]):
+            raise ValueError(f"variant {name!r} has facap_fraction 0: it has no model without fine-tuning to evaluate")

@@ -7,6 +7,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from fashionblip2.cluster import JobRequest, preflight
+import fashionblip2.config as cfg
 from fashionblip2.config import (
     annotation_answer_settings,
     annotation_run_settings,
@@ -64,7 +65,7 @@ EVAL_DATASETS = ["fashioniq", "enhfashioniq"]
 
 
 def enabled_sources():
-    return {name: spec for name, spec in config["sources"].items() if spec.get("enabled", True)}
+    return cfg.enabled_sources(config["sources"])
 
 
 def uses_synthetic_world():
@@ -72,23 +73,11 @@ def uses_synthetic_world():
 
 
 def source_root(name, root):
-    """Where a source's files are: the generated world, the download folder, or the user's folder."""
-    if root == "synthetic":
-        return os.path.join(SYNTHETIC_WORLD, name)
-    if root == "download":
-        return DOWNLOADED_SOURCE.format(source=name)
-    return root
+    return cfg.source_root(name, root, SYNTHETIC_WORLD, DOWNLOADED_SOURCE)
 
 
 def resolved_sources():
-    """The enabled sources with "synthetic" and "download" roots replaced by their folders."""
-    out = {}
-    for name, spec in enabled_sources().items():
-        spec = dict(spec)
-        if "root" in spec:
-            spec["root"] = source_root(name, spec["root"])
-        out[name] = spec
-    return out
+    return cfg.resolved_sources(config["sources"], SYNTHETIC_WORLD, DOWNLOADED_SOURCE)
 
 
 def manifest_inputs(wildcards):
@@ -233,26 +222,12 @@ def backbone_dir():
     return TRAINED_BACKBONE if name == "train" else name
 
 
-def fraction_variant(base, fraction):
-    """Figure 5's subsets are variants of the base one, named by the percentage of FACap they see."""
-    return base if fraction == 1 else f"{base}_facap{round(100 * fraction)}"
-
-
 def figure5_variants():
-    spec = config["experiments"]["figure5"]
-    return [(f, fraction_variant(spec["variant"], f)) for f in sorted(spec["fractions"])]
+    return cfg.figure5_variants(config["experiments"])
 
 
 def variants():
-    """Every variant: declared in experiments.variants, plus Figure 5's fractions of its base variant."""
-    declared = config["experiments"]["variants"]
-    out = dict(declared)
-    for fraction, name in figure5_variants():
-        base = config["experiments"]["figure5"]["variant"]
-        if base not in declared:
-            raise ValueError(f"experiments.figure5.variant: {base!r} is not in experiments.variants")
-        out.setdefault(name, {**declared[base], "facap_fraction": fraction})
-    return out
+    return cfg.variants(config["experiments"])
 
 
 def variant_spec(name):
@@ -262,7 +237,7 @@ def variant_spec(name):
 
 
 def has_facap_stage(name):
-    return variants()[name].get("facap_fraction", 1.0) > 0
+    return cfg.has_facap_stage(variants()[name])
 
 
 def stage2_start(wildcards):
@@ -279,23 +254,7 @@ def evaluations(stage, names):
 
 
 def check_experiment_names():
-    """Every variant a table or figure names must be declared; a variant without FACap has no stage 1."""
-    ex = config["experiments"]
-    names = set(variants())
-    used = {
-        "table3": [ex["table3"]["without_finetuning"], ex["table3"]["with_finetuning"]],
-        "table4": [e[k] for e in ex["table4"] for k in ("without_facap", "with_facap")],
-        "table5": list(ex["table5"]),
-        "figure6": [ex["figure6"]["variant"]],
-        "search": [config["search"]["variant"]],
-    }
-    for where, listed in used.items():
-        for name in listed:
-            if name not in names:
-                raise ValueError(f"experiments.{where}: variant {name!r} is not declared in experiments.variants")
-    for name in [ex["table3"]["without_finetuning"], *ex["table5"]]:
-        if not has_facap_stage(name):
-            raise ValueError(f"variant {name!r} has facap_fraction 0: it has no model without fine-tuning to evaluate")
+    cfg.check_experiment_names(config["experiments"], config["search"]["variant"])
 
 
 def table_inputs(number):

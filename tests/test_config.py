@@ -12,11 +12,15 @@ from snakemake.utils import validate
 from fashionblip2.config import (
     annotation_answer_settings,
     annotation_run_settings,
+    check_experiment_names,
     check_paths,
+    fraction_variant,
     path_problems,
+    resolved_sources,
     runtime_minutes,
     training_result_settings,
     training_run_settings,
+    variants,
 )
 from tests.conftest import REPO
 
@@ -89,3 +93,44 @@ def test_the_schema_refuses_a_backend_without_its_model(config, stage, override,
         validate(config, str(REPO / "config/schema.yaml"))
     print(error.value)
     assert named in str(error.value)
+
+
+def test_sources_resolve_to_the_world_the_download_folder_or_the_users_folder():
+    sources = {
+        "fashion200k": {"root": "synthetic"},
+        "deepfashion_mm": {"root": "download"},
+        "fashioniq": {"root": "/data/fiq", "categories": ["dress"]},
+        "catalogue": {"enabled": False, "path": ""},
+    }
+    assert resolved_sources(sources, "data/synthetic/world", "dl/{source}") == {
+        "fashion200k": {"root": "data/synthetic/world/fashion200k"},
+        "deepfashion_mm": {"root": "dl/deepfashion_mm"},
+        "fashioniq": {"root": "/data/fiq", "categories": ["dress"]},
+    }
+
+
+def test_figure5_fractions_expand_into_named_variants_of_their_base(config):
+    experiments = config["experiments"]
+    everything = variants(experiments)
+    assert fraction_variant("v", 0.25) == "v_facap25" and fraction_variant("v", 1.0) == "v"
+    base = experiments["figure5"]["variant"]
+    for fraction in experiments["figure5"]["fractions"]:
+        name = fraction_variant(base, fraction)
+        assert everything[name]["losses"] == experiments["variants"][base]["losses"]
+        assert everything[name].get("facap_fraction", 1.0) == fraction
+    check_experiment_names(experiments, config["search"]["variant"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda ex: ex["table5"].append("nope"), "experiments.table5: variant 'nope' is not declared"),
+        (lambda ex: ex["figure5"].update(variant="nope"), "experiments.figure5.variant: 'nope' is not in"),
+        (lambda ex: ex["table3"].update(without_finetuning="mh_no_facap"), "has facap_fraction 0"),
+    ],
+)
+def test_an_undeclared_or_impossible_variant_is_refused(config, edit, message):
+    experiments = copy.deepcopy(config["experiments"])
+    edit(experiments)
+    with pytest.raises(ValueError, match=message):
+        check_experiment_names(experiments, config["search"]["variant"])

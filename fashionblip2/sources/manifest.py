@@ -164,19 +164,6 @@ def manifest_summary(result: ManifestResult, extra: dict[str, Any] | None = None
     }
 
 
-def resolve_roots(
-    sources: dict[str, dict[str, Any]], synthetic_dir: str | os.PathLike[str]
-) -> dict[str, dict[str, Any]]:
-    """Replace ``root: synthetic`` by the generated world's folder for that source."""
-    out = {}
-    for name, spec in sources.items():
-        spec = dict(spec)
-        if spec.get("root") == "synthetic":
-            spec["root"] = os.path.join(synthetic_dir, name)
-        out[name] = spec
-    return out
-
-
 def manifest_paths(manifest: pd.DataFrame) -> dict[str, str]:
     """Image id -> file path."""
     return dict(zip(manifest["image_id"], manifest["path"], strict=True))

@@ -11,7 +11,8 @@ from fashionblip2.annotation.runner import Prices, annotate, estimate_cost
 from fashionblip2.annotation.stages import caption_requests, make_backend, modification_requests
 from fashionblip2.annotation.validation import check_caption, check_modification
 from fashionblip2.common.issues import BadInputError
-from fashionblip2.sources.manifest import build_manifest, resolve_roots
+from fashionblip2.config import resolved_sources
+from fashionblip2.sources.manifest import build_manifest
 from tests.conftest import REPO
 
 
@@ -100,7 +101,7 @@ def test_prompts_name_categories_readably_and_backends_keep_the_raw_one():
 
 def test_offline_backends_on_the_tiny_world(tiny_world):
     world, truth_path = tiny_world
-    images = build_manifest(resolve_roots({"fashion200k": {"root": "synthetic"}}, world), progress=False).images
+    images = build_manifest(resolved_sources({"fashion200k": {"root": "synthetic"}}, world), progress=False).images
     truth = pd.read_parquet(truth_path).set_index("path")
     template = PromptTemplate.load(REPO / "prompts/caption.yaml")
     requests = caption_requests(images, template, {"backend": "metadata"})

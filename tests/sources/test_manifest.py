@@ -6,12 +6,13 @@ import pytest
 from PIL import Image
 
 from fashionblip2.common.issues import BadInputError
-from fashionblip2.sources.manifest import build_manifest, manifest_summary, resolve_roots
+from fashionblip2.config import resolved_sources
+from fashionblip2.sources.manifest import build_manifest, manifest_summary
 from fashionblip2.sources.records import MANIFEST_COLUMNS
 
 
 def sources_for(world: Path) -> dict:
-    return resolve_roots(
+    return resolved_sources(
         {
             "fashion200k": {"root": "synthetic"},
             "deepfashion_mm": {"root": "synthetic"},
