@@ -3,7 +3,8 @@
 
 Pairs synthetic L2-normalised vectors (default: 227,680 x 768 in 6 categories, the size of
 FACap's image pool) exactly as the `pair` rule does: top-20 among other items' images in the
-same category, one partner drawn at random. Prints, in one run:
+same category (float64 re-scored, so that it is the same for every engine), one partner drawn at
+random from it as a set. Prints, in one run:
 
 - seconds and peak memory (RSS) of the project's pairing (`blocked` engine), of FAISS
   `IndexFlatIP` exact search (`faiss` engine), and of a NumPy chunked matmul + argpartition baseline;
@@ -64,22 +65,34 @@ def pairs_project(x, item, category, top_k, seed, engine):
     return dict(zip(pairs.reference_id, pairs.target_id, strict=True))
 
 
-def pairs_numpy(x, item, category, top_k, seed, chunk=2048):
-    """The plain way: per category, chunks of queries times all, same-item entries masked, argpartition."""
+def pairs_numpy(x, item, category, top_k, seed, chunk=2048, margin=8, rescore_rows=256):
+    """The plain way: per category, chunks of queries times all, same-item entries masked, argpartition.
+
+    Then the project's canonical rule, written out independently: the top_k + margin shortlist
+    re-scored in float64 (exact products, NumPy's fixed-order sum over the last axis), the top-k by
+    (score desc, index asc), and the partner drawn from it sorted by index (= image id here).
+    Unlike the project, it does not check whether a near-tie straddles the shortlist's end.
+    """
     from fashionblip2.pairing.topk import draw_rank
 
     out = {}
     for c in np.unique(category):
         rows = np.nonzero(category == c)[0]
         xs, its = x[rows], item[rows]
+        kk = min(top_k + margin, len(rows) - 1)
         for start in range(0, len(rows), chunk):
             end = min(start + chunk, len(rows))
             sims = xs[start:end] @ xs.T
             sims[its[start:end, None] == its[None, :]] = -np.inf
-            part = np.argpartition(-sims, top_k, axis=1)[:, :top_k]
-            part_sims = np.take_along_axis(sims, part, 1)
-            order = np.lexsort((part, -part_sims), axis=1)
-            top = np.take_along_axis(part, order, 1)
+            part = np.argpartition(-sims, kk, axis=1)[:, :kk]
+            s64 = np.empty(part.shape)
+            for r0 in range(0, end - start, rescore_rows):
+                r1 = min(r0 + rescore_rows, end - start)
+                q = xs[start + r0 : start + r1, None, :].astype(np.float64)
+                s64[r0:r1] = (xs[part[r0:r1]].astype(np.float64) * q).sum(axis=-1)
+            s64[its[part] == its[start:end, None]] = -np.inf
+            order = np.lexsort((part, -s64), axis=1)[:, :top_k]
+            top = np.sort(np.take_along_axis(part, order, 1), axis=1)
             for q in range(end - start):
                 ref = f"img{rows[start + q]:07d}"
                 out[ref] = f"img{rows[top[q, draw_rank(seed, ref, top_k)]]:07d}"

@@ -1,7 +1,7 @@
 """Image pairing (paper §3.1): within each (source, category) group, each image's top-20 most
 similar images of *other* items by cosine similarity, then one partner drawn at random.
 
-Two exact engines give the same neighbours:
+Two exact engines find the neighbours:
 
 - ``blocked`` (default): the group's similarity matrix is symmetric, so each block pair (I, J),
   J >= I, is multiplied once and feeds the running top-k of both its rows and its columns. That
@@ -9,8 +9,18 @@ Two exact engines give the same neighbours:
   no N x N matrix is ever held (one block of ``block`` x ``block`` similarities at a time).
 - ``faiss``: FAISS ``IndexFlatIP`` exact search of the group against itself.
 
-Both fetch ``top_k + the largest item's view count`` neighbours, so that after dropping the
-image itself and the other views of its item at least ``top_k`` remain whenever the group has them.
+Every pair is a paid LLM call, so the pairs must not depend on the engine, the BLAS or the CPU.
+Their float32 similarities do (summation order moves the last bits, which reorders near-equal
+neighbours), so neither the top-k nor the draw is taken from them directly:
+
+1. the engine gives a shortlist of ``top_k + the largest item's view count + SHORTLIST_MARGIN``
+   neighbours (the item's own views are dropped after, so ``top_k`` others remain);
+2. the shortlist is re-scored in float64 from the float32 embeddings, in a fixed summation order
+   (NumPy's pairwise sum), and the top-k is the first ``top_k`` by (float64 score desc, index asc);
+3. a row whose shortlist may have cut through a near-tie (its k-th and its last float32 scores
+   closer than twice the proven float32 error bound) is redone against the whole group;
+4. the partner is drawn from the top-k as a set in index order (``pair_groups`` orders each
+   group by image id first), so a reordering inside the top-k changes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +38,19 @@ from tqdm import tqdm
 
 ENGINES = ("blocked", "faiss")
 PAIR_COLUMNS = ["reference_id", "target_id", "source", "category", "similarity", "rank", "candidates"]
+
+# Extra shortlist places beyond the k-th. Can a near-tie at the k-th place still straddle the shortlist's end?
+# Only if the shortlist's last float32 score is within twice the proven float32 error bound of the k-th valid
+# one (2 x float32_dot_error = 9.2e-5 for unit vectors at d = 768; measured errors are below 1e-6), i.e. if
+# SHORTLIST_MARGIN + 1 or more candidates crowd into that band. Such a row is detected and redone against its
+# whole group (_exact_rows), so the margin never decides which pairs come out, only how often a row is redone.
+# On the benchmark's clustered vectors (groups of 16,667 and 40,000, d = 768) neighbours near the 20th place
+# are ~5e-4 to 2e-3 apart and not one row needed the redo even with no margin; 8 places keep redos rare
+# where images are near-duplicates, for a quarter to a third more shortlist to fetch and re-score.
+SHORTLIST_MARGIN = 8
+# Rows re-scored per NumPy call: small enough that the (rows, shortlist, dim) float64 products
+# stay in cache, large enough to amortise the call.
+_RESCORE_ROWS = 64
 
 
 def knn_blocked(x: np.ndarray, k: int, block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -137,30 +161,112 @@ def knn(x: np.ndarray, k: int, engine: str = "blocked", block: int = 8192) -> tu
 def other_item_neighbours(
     x: np.ndarray, items: np.ndarray, top_k: int, engine: str = "blocked", block: int = 8192
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``top_k`` neighbours of each row among rows of *other* items.
+    """Top-``top_k`` neighbours of each row among rows of *other* items, the same for every engine.
 
     Returns (similarities, indices, counts): arrays (n, top_k) padded with -inf / -1, and the number
     of valid neighbours per row (smaller than ``top_k`` only when the group has fewer other items' images).
+    Each row is ordered by (float64 similarity desc, index asc); the similarities returned are those
+    float64 scores rounded to float32, so they too are the same for every engine.
     """
+    x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
-    codes, item_codes = np.unique(items, return_inverse=True)
-    largest_item = int(np.bincount(item_codes).max()) if n else 0
-    sims, idx = knn(x, top_k + largest_item, engine, block)
-    valid = item_codes[idx] != item_codes[:, None]
-    # Keep the first top_k valid entries of each row, in order.
-    rank = np.cumsum(valid, axis=1) - 1
-    keep = valid & (rank < top_k)
     out_sims = np.full((n, top_k), -np.inf, dtype=np.float32)
     out_idx = np.full((n, top_k), -1, dtype=np.int64)
-    rows, cols = np.nonzero(keep)
-    out_sims[rows, rank[rows, cols]] = sims[rows, cols]
-    out_idx[rows, rank[rows, cols]] = idx[rows, cols]
-    counts = keep.sum(axis=1)
+    if n == 0 or top_k <= 0:
+        return out_sims, out_idx, np.zeros(n, dtype=np.int64)
+    _, item_codes = np.unique(items, return_inverse=True)
+    item_codes = item_codes.reshape(-1)
+    largest_item = int(np.bincount(item_codes).max())
+    f32, idx = knn(x, top_k + largest_item + SHORTLIST_MARGIN, engine, block)
+    valid = item_codes[idx] != item_codes[:, None]
+    s64 = np.where(valid, rescore_float64(x, np.arange(n), idx), -np.inf)
+    take = min(top_k, idx.shape[1])
+    order = np.lexsort((idx, -s64), axis=1)[:, :take]
+    best = np.take_along_axis(s64, order, 1)
+    out_sims[:, :take] = best
+    out_idx[:, :take] = np.where(np.isfinite(best), np.take_along_axis(idx, order, 1), -1)
+    counts = np.minimum(valid.sum(axis=1), top_k)
+    if idx.shape[1] < n:
+        # Whoever lies outside the shortlist scored (float32) at most its last entry, so it can only
+        # belong to the float64 top-k if that is within twice the float32 error of the k-th valid
+        # entry. The shortlist holds >= top_k valid entries, since it is top_k + largest_item + margin.
+        kth_col = np.argmax(np.cumsum(valid, axis=1) >= top_k, axis=1)
+        kth = f32[np.arange(n), kth_col].astype(np.float64)
+        error = float32_dot_error(x)
+        unsure = np.nonzero(kth - f32[:, -1] <= 2 * error)[0]
+        for row, row_sims, row_idx in _exact_rows(x, item_codes, unsure, top_k, error):
+            out_sims[row], out_idx[row] = row_sims, row_idx
     return out_sims, out_idx, counts
 
 
+def float32_dot_error(x: np.ndarray) -> np.ndarray:
+    """Per row of ``x``, a bound on |float32 x_r . x_c - float64 fixed-order x_r . x_c| over all rows c.
+
+    Any float32 dot product of length d, in any summation order and with or without FMA (BLAS, FAISS),
+    is within gamma_d * sum|x_r,i x_c,i| <= gamma_d |x_r| |x_c| of the exact value, gamma_d = d u / (1 - d u)
+    with u = 2^-24 (Higham, Accuracy and Stability of Numerical Algorithms, eq. 3.5); the float64
+    score's own error is ~1e10 times smaller, which the factor 1.01 covers.
+    """
+    d = x.shape[1]
+    u = 2.0**-24
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    return 1.01 * d * u / (1 - d * u) * norms * norms.max()
+
+
+def rescore_float64(x: np.ndarray, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """Float64 inner products of ``x[rows[i]]`` with ``x[cands[i, j]]``, shape ``cands.shape``.
+
+    Products of float32 numbers are exact in float64, and NumPy sums the contiguous last axis
+    pairwise in an order fixed by the length alone (its 8-accumulator unroll is vectorised
+    without reordering), so a score depends on the two vectors only: not on the BLAS, the CPU,
+    the thread count or where the candidate sits in the shortlist. Exact duplicates tie exactly.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cands = np.asarray(cands, dtype=np.int64).reshape(len(rows), -1)
+    out = np.empty(cands.shape, dtype=np.float64)
+
+    def work(start: int) -> None:
+        stop = min(start + _RESCORE_ROWS, len(rows))
+        products = np.multiply(x[cands[start:stop]], x[rows[start:stop], None, :].astype(np.float64))
+        np.sum(products, axis=-1, out=out[start:stop])
+
+    starts = range(0, len(rows), _RESCORE_ROWS)
+    threads = max(1, min(torch.get_num_threads(), len(starts)))
+    if threads == 1:
+        for start in starts:
+            work(start)
+    else:  # NumPy releases the GIL; each chunk writes its own rows, so the result is the same
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, starts))
+    return out
+
+
+def _exact_rows(
+    x: np.ndarray, item_codes: np.ndarray, rows: np.ndarray, top_k: int, error: np.ndarray
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The float64 top-``top_k`` of each of ``rows`` over the whole group, for shortlists too short to be sure.
+
+    Everything within twice the float32 error of a row's float32 k-th (other-item) similarity is
+    re-scored in float64: whatever lies below that is below ``top_k`` others in float64 too.
+    Yields (row, similarities, indices).
+    """
+    for start in range(0, len(rows), _RESCORE_ROWS):
+        chunk = rows[start : start + _RESCORE_ROWS]
+        f = x[chunk] @ x.T
+        f[item_codes[chunk][:, None] == item_codes[None, :]] = -np.inf
+        kth = np.partition(f, -top_k, axis=1)[:, -top_k].astype(np.float64)
+        for row, f_row, kth_row in zip(chunk, f, kth, strict=True):
+            cands = np.nonzero(f_row >= kth_row - 2 * error[row])[0]
+            s = rescore_float64(x, np.array([row]), cands[None, :])[0]
+            order = np.lexsort((cands, -s))[:top_k]
+            yield int(row), s[order].astype(np.float32), cands[order]
+
+
 def draw_rank(seed: int, image_id: str, candidates: int) -> int:
-    """A uniform draw in [0, candidates) that depends only on the seed and the image, not on order."""
+    """A uniform draw in [0, candidates) that depends only on the seed and the image, not on order.
+
+    ``pair_groups`` uses it as a position in the top-k sorted by image id, not by similarity.
+    """
     digest = hashlib.sha256(f"{seed}\0{image_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % candidates
 
@@ -187,16 +293,27 @@ def pair_groups(
 
     ``images`` has columns image_id, source, category, item_id, aligned row by row with ``vectors``
     (L2-normalised). Images in groups with fewer than two items get no partner (counted per group).
+    The pairs depend only on the images, their float32 vectors, ``top_k`` and ``seed``: not on the
+    engine, the block size, the BLAS, the CPU or the manifest's row order. ``rank`` is the partner's
+    place in its reference's top-k by similarity (0: the most similar).
     """
     frames, results = [], []
     groups = list(images.groupby(["source", "category"], sort=True).indices.items())
     for (source, category), rows in tqdm(groups, desc="pairing groups", unit="group", disable=not progress):
         rows = np.sort(rows)
-        sub = images.iloc[rows]
-        sims, idx, counts = other_item_neighbours(vectors[rows], sub["item_id"].to_numpy(), top_k, engine, block)
+        # Work in image-id order, so that index order (the tie-break and the order the draw walks
+        # the top-k in) does not depend on the manifest's row order either.
+        by_id = np.argsort(images["image_id"].to_numpy()[rows], kind="stable")
+        sub = images.iloc[rows[by_id]]
+        sims, idx, counts = other_item_neighbours(vectors[rows[by_id]], sub["item_id"].to_numpy(), top_k, engine, block)
         ids = sub["image_id"].to_numpy()
+        # Rows with a partner, in the manifest's order as before.
         has = np.nonzero(counts > 0)[0]
-        ranks = np.array([draw_rank(seed, ids[i], int(counts[i])) for i in has], dtype=np.int64)
+        has = has[np.argsort(by_id[has], kind="stable")]
+        draws = np.array([draw_rank(seed, ids[i], int(counts[i])) for i in has], dtype=np.int64)
+        # The draw picks a place in the top-k sorted by index: a set, whatever its similarity order.
+        columns_by_index = np.argsort(np.where(idx >= 0, idx, len(rows)), axis=1, kind="stable")
+        ranks = columns_by_index[has, draws] if len(has) else np.array([], dtype=np.int64)
         chosen = idx[has, ranks] if len(has) else np.array([], dtype=np.int64)
         frames.append(
             pd.DataFrame(
@@ -206,7 +323,7 @@ def pair_groups(
                     "source": source,
                     "category": category,
                     "similarity": sims[has, ranks].astype(np.float32) if len(has) else np.array([], np.float32),
-                    "rank": ranks,
+                    "rank": ranks.astype(np.int64),
                     "candidates": counts[has].astype(np.int64),
                 },
                 columns=PAIR_COLUMNS,
