@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, PretrainedConfig
 
 MATCHING = ("multihead", "global")
+# How the multi-head similarity combines the heads' cosines: "per_head", their mean, keeps it in
+# [-1, 1] like the global cosine, so one temperature gives both matchings the same logit scale;
+# "sum", the behaviour before the option existed, is num_heads times sharper at the same temperature.
+SIMILARITY_SCALES = ("per_head", "sum")
+# A saved config without the key was written before the option existed, by code that summed.
+LEGACY_SIMILARITY_SCALE = "sum"
 
 
 class FashionBLIP2Config(PretrainedConfig):
@@ -22,10 +29,13 @@ class FashionBLIP2Config(PretrainedConfig):
         head_dim: int = 256,
         init_temperature: float = 0.07,
         max_text_length: int = 128,
+        similarity_scale: str = "per_head",
         **kwargs: Any,
     ):
         if matching not in MATCHING:
             raise ValueError(f"matching must be one of {MATCHING}, not {matching!r}")
+        if similarity_scale not in SIMILARITY_SCALES:
+            raise ValueError(f"similarity_scale must be one of {SIMILARITY_SCALES}, not {similarity_scale!r}")
         if isinstance(blip2, Blip2Config):
             blip2 = blip2.to_dict()
         self.blip2 = blip2 or tiny_blip2_config().to_dict()
@@ -36,7 +46,18 @@ class FashionBLIP2Config(PretrainedConfig):
         self.head_dim = head_dim
         self.init_temperature = init_temperature  # "temperature" is a generation parameter name in transformers
         self.max_text_length = max_text_length
+        self.similarity_scale = similarity_scale
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> FashionBLIP2Config:
+        # New models default to "per_head", but a config.json without the key was saved by the code
+        # that summed the heads: its temperature was learnt for summed logits, so it must load as
+        # "sum" to reproduce its losses and scores. (save_pretrained always writes the key: it is
+        # not a PretrainedConfig attribute, so the diff against the defaults keeps it.)
+        # from_pretrained's keyword overrides are applied after this, so they still win.
+        config_dict = {"similarity_scale": LEGACY_SIMILARITY_SCALE, **config_dict}
+        return super().from_dict(config_dict, **kwargs)
 
     def blip2_config(self) -> Blip2Config:
         config = Blip2Config.from_dict(self.blip2)
@@ -109,3 +130,42 @@ def paper_blip2_config(vocab_size: int = 30523) -> Blip2Config:
         num_query_tokens=32,
         image_text_hidden_size=256,
     )
+
+
+# Early uploads of the BLIP-2 retrieval checkpoints (Salesforce/blip2-itm-vit-g) name the Q-Former's
+# text switch ``qformer_text_input``, a name transformers used before its release. transformers reads
+# only ``use_qformer_text_input``: under the old name the Q-Former is built without its text layers, the
+# checkpoint's text weights are dropped as unexpected, and the first text input fails with
+# ``'Blip2QFormerLayer' object has no attribute 'intermediate'``.
+LEGACY_QFORMER_TEXT_KEY = "qformer_text_input"
+
+
+def map_legacy_blip2_keys(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a BLIP-2 config dict with ``qformer_text_input`` (top level, ``qformer_config`` or
+    ``text_config``) moved to ``qformer_config.use_qformer_text_input``; an explicit
+    ``use_qformer_text_input`` wins."""
+    out = dict(config_dict)
+    sections = {name: dict(out[name]) for name in ("qformer_config", "text_config") if isinstance(out.get(name), dict)}
+    out.update(sections)  # copies: the caller's dict stays as it was
+    found = [
+        holder.pop(LEGACY_QFORMER_TEXT_KEY) for holder in (out, *sections.values()) if LEGACY_QFORMER_TEXT_KEY in holder
+    ]
+    if found:
+        qformer = out["qformer_config"] = sections.get("qformer_config", {})
+        qformer.setdefault("use_qformer_text_input", any(bool(v) for v in found))
+    return out
+
+
+def load_backbone_config(path: str | os.PathLike[str]) -> Blip2Config:
+    """The BLIP-2 config of a checkpoint folder, for FashionBLIP-2's backbone: legacy keys mapped
+    (``map_legacy_blip2_keys``) and the Q-Former's text path on, which the fused query and the caption
+    need.
+
+    Give it to ``Blip2ForImageTextRetrieval.from_pretrained(path, config=...)``: the text layers must
+    exist when the model is built for the checkpoint's weights to load into them; switching the flag on
+    after loading leaves layers without ``intermediate``.
+    """
+    config_dict, _ = Blip2Config.get_config_dict(str(path), local_files_only=True)
+    config = Blip2Config.from_dict(map_legacy_blip2_keys(config_dict))
+    config.qformer_config.use_qformer_text_input = True
+    return config

@@ -7,9 +7,13 @@
 - Adapters in every vision encoder layer, ``h + W_u GELU(W_d h)``, W_u zero-initialised so that
   training starts from the pretrained function; the encoder's own weights stay frozen.
 - Matching: ``multihead`` mixes the 32 tokens into 12 (token mixing) and 768 channels into 256
-  (channel mixing), the same weights for query and candidate; the similarity is the sum of the 12
-  heads' cosines, which is the inner product of the 12 L2-normalised heads concatenated, so a
-  gallery is encoded once and searched by inner product. ``global``: the mean token, one cosine.
+  (channel mixing), the same weights for query and candidate; the similarity is the mean of the 12
+  heads' cosines (``similarity_scale="per_head"``; ``"sum"``, their sum, is the older behaviour),
+  which is the inner product of the 12 L2-normalised heads, each scaled by 1/sqrt(12), concatenated,
+  so a gallery is encoded once and searched by inner product. ``global``: the mean token, one cosine.
+- One learnable temperature divides the similarity in the loss. The mean keeps the multi-head
+  similarity in [-1, 1] like the global cosine, so both matchings start at the same logit scale
+  and can reach the same ones; the sum would make multi-head logits num_heads times sharper.
 - The caption is one vector; every query head is compared with it, so CTR's similarity is again
   the inner product of the exported query with the caption's vector repeated per head.
 """
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Blip2ForImageTextRetrieval, PreTrainedModel
 
-from fashionblip2.model.configuration import FashionBLIP2Config
+from fashionblip2.model.configuration import FashionBLIP2Config, load_backbone_config
 from fashionblip2.training.distributed import gather_with_grad
 
 # BLIP-2 retrieval heads that FashionBLIP-2 does not use (it has its own matching heads).
@@ -97,6 +101,9 @@ class FashionBLIP2(PreTrainedModel):
         if model_type == FashionBLIP2Config.model_type:
             return super().from_pretrained(path, *args, **kwargs)
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in FashionBLIP2Config().to_dict() and k != "blip2"}
+        # The config is read first so that early uploads' legacy `qformer_text_input` key builds the
+        # Q-Former's text layers before the weights load (else they are dropped as unexpected).
+        kwargs.setdefault("config", load_backbone_config(path))
         backbone = Blip2ForImageTextRetrieval.from_pretrained(path, *args, **kwargs)
         backbone.config.qformer_config.use_qformer_text_input = True
         config = FashionBLIP2Config(blip2=backbone.config, **overrides)
@@ -172,9 +179,17 @@ class FashionBLIP2(PreTrainedModel):
             mixed = tokens.mean(dim=1, keepdim=True)
         return F.normalize(self.channel_mixing(mixed), dim=-1)
 
+    @property
+    def head_scale(self) -> float:
+        """The factor on every exported head: 1/sqrt(heads) under ``per_head``, so the inner product
+        of two exports is the mean of the heads' cosines, on the global cosine's scale; 1 under
+        ``sum``. Scaling the exports (rather than the loss alone) keeps the one similarity of the
+        loss, the FAISS search and ``fashionblip2 search``'s printed scores the same."""
+        return self.heads**-0.5 if self.config.similarity_scale == "per_head" else 1.0
+
     def export(self, heads: torch.Tensor) -> torch.Tensor:
-        """Heads concatenated: the similarity of a query and a candidate is their inner product."""
-        return heads.flatten(1)
+        """Heads scaled and concatenated: the similarity of a query and a candidate is their inner product."""
+        return heads.flatten(1) * self.head_scale
 
     def query_embedding(self, pixel_values, input_ids, attention_mask, image_embeds=None) -> torch.Tensor:
         return self.export(
@@ -187,11 +202,17 @@ class FashionBLIP2(PreTrainedModel):
     def caption_embedding(self, input_ids, attention_mask) -> torch.Tensor:
         """The caption's unit vector repeated per head, in the exported layout."""
         v = F.normalize(self.channel_mixing(self.caption_vector(input_ids, attention_mask)), dim=-1)
-        return v.unsqueeze(1).expand(-1, self.heads, -1).flatten(1)
+        return self.export(v.unsqueeze(1).expand(-1, self.heads, -1))
 
     def similarity(self, query_heads: torch.Tensor, candidate_heads: torch.Tensor) -> torch.Tensor:
-        """Sum over heads of the cosine similarity, computed head by head (for checks)."""
-        return (query_heads * candidate_heads).sum(-1).sum(-1)
+        """The heads' cosines combined as the config says (mean or sum), computed head by head (for
+        checks): equal to the inner product of the exports."""
+        cosines = (query_heads * candidate_heads).sum(-1)
+        return cosines.mean(-1) if self.config.similarity_scale == "per_head" else cosines.sum(-1)
+
+    def logits(self, query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss's logits of exported embeddings: every query against every target."""
+        return contrastive_logits(query, target, self.temperature)
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -251,9 +272,14 @@ class FashionBLIP2(PreTrainedModel):
         return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
+def contrastive_logits(query: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Similarities (inner products of exports) over the temperature. (len(query), len(target))."""
+    return query @ target.T / temperature
+
+
 def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """InfoNCE with in-batch negatives: row i's positive is column i."""
-    logits = query @ target.T / temperature
+    logits = contrastive_logits(query, target, temperature)
     return F.cross_entropy(logits, torch.arange(len(query), device=query.device))
 
 

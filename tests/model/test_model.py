@@ -54,10 +54,11 @@ def test_multihead_similarity_is_the_inner_product_of_the_exports(model):
         c_tokens = model.candidate_tokens(pixels)
         q, c = model.query_embedding(pixels, ids, mask), model.gallery_embedding(pixels)
         assert q.shape == c.shape == (4, 12 * 256)
-        # Directly: mix, then the sum over the 12 heads of the cosine of the raw (unnormalised) heads.
+        # Directly: mix, then the mean over the 12 heads (similarity_scale "per_head", the default) of
+        # the cosine of the raw (unnormalised) heads.
         mix = lambda t: model.channel_mixing(model.token_mixing(t.transpose(1, 2)).transpose(1, 2))  # noqa: E731
         direct = torch.stack(
-            [F.cosine_similarity(mix(q_tokens)[i : i + 1], mix(c_tokens), dim=-1).sum(-1) for i in range(4)]
+            [F.cosine_similarity(mix(q_tokens)[i : i + 1], mix(c_tokens), dim=-1).mean(-1) for i in range(4)]
         )
         torch.testing.assert_close(q @ c.T, direct, atol=1e-5, rtol=1e-5)
         heads_q, heads_c = model.heads_of(q_tokens), model.heads_of(c_tokens)
@@ -66,7 +67,7 @@ def test_multihead_similarity_is_the_inner_product_of_the_exports(model):
         cap = model.caption_embedding(ids, mask)
         v = F.normalize(model.channel_mixing(model.caption_vector(ids, mask)), dim=-1)
         torch.testing.assert_close(
-            q @ cap.T, (heads_q[:, None] * v[None, :, None]).sum(-1).sum(-1), atol=1e-5, rtol=1e-5
+            q @ cap.T, (heads_q[:, None] * v[None, :, None]).sum(-1).mean(-1), atol=1e-5, rtol=1e-5
         )
 
 
