@@ -479,6 +479,35 @@ def _batch_result(row: dict[str, Any]) -> tuple[str | None, str | None]:
 # --- Hugging Face transformers VLM -----------------------------------------------------------------
 
 
+# The transformers-format (``-hf``) InternVL release of about the paper's size; InternVL2.5 itself was
+# published with custom code only.
+HF_FORMAT_RELEASE = "OpenGVLab/InternVL3-8B-hf"
+
+
+def custom_code_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why the model folder at ``path`` is a custom-code checkpoint (one written for
+    ``trust_remote_code``), or None if its config.json names a model transformers implements itself.
+
+    A folder without config.json is left to transformers, whose own error names the missing file.
+    """
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if model_type and model_type not in CONFIG_MAPPING:
+        return f"its config.json has model_type {model_type!r}, which transformers does not implement"
+    if config.get("auto_map"):
+        # Even where the model_type is known, the weights were laid out for the repository's own code.
+        return (
+            f"its config.json has auto_map (classes from the repository's own code: {', '.join(config['auto_map'])}); "
+            "if the folder is in transformers format after all, remove auto_map from it"
+        )
+    return None
+
+
 class TransformersCaptioner:
     """A vision-language model in Hugging Face format from a local folder, batched greedy generation."""
 
@@ -489,7 +518,18 @@ class TransformersCaptioner:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         if not os.path.isdir(path):
-            raise BadInputError(f"captioning.model_path {path!r} is not a folder: point it at a downloaded model")
+            raise BadInputError(
+                f"annotation.caption.model_path {path!r} is not a folder: point it at a downloaded model"
+            )
+        # Checked before any weights load: custom code is never run here (trust_remote_code stays off), and
+        # transformers' own refusal of such a folder does not say which checkpoint to get instead.
+        reason = custom_code_reason(path)
+        if reason:
+            raise BadInputError(
+                f"annotation.caption.model_path {path!r} is a custom-code checkpoint: {reason}. It needs "
+                "trust_remote_code, which this workflow does not use. Download the transformers-format release "
+                f"instead, e.g. {HF_FORMAT_RELEASE} for InternVL (its config.json has model_type 'internvl')"
+            )
         self.model = os.path.basename(os.path.normpath(path))
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
