@@ -2,6 +2,7 @@
 
     fashionblip2 search --model models/stage2/cir_mh --index results/index/stage2/cir_mh \\
         --image my_dress.jpg --text "is red and has shorter sleeves" --top-k 10 --sheet results.png
+    fashionblip2 store pin      # pin what the workflow starts from in the root data.dvc (config: dvc.pin)
     fashionblip2 store push     # dvc add + dvc push the expensive artefacts (config: dvc:)
     fashionblip2 store pull     # in a fresh clone: dvc pull, then mark the pulled outputs done
 """
@@ -70,7 +71,11 @@ def store(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     settings = workflow_config(root, args.configfile)["dvc"]
     try:
-        if args.action == "push":
+        if args.action == "pin":
+            paths = dvc_store.pin(root, settings)
+            print(f"pinned in {dvc_store.PIN_FILE}: {', '.join(paths)}; commit it:")
+            print(f"  git add {dvc_store.PIN_FILE} && git commit -m 'DVC: pin the input data'")
+        elif args.action == "push":
             files = dvc_store.push(root, settings)
             print(f"pushed {len(files)} tracked paths to {settings['remote']['url']}; commit their .dvc files:")
             tops = sorted({Path(f).parts[0] for f in files})
@@ -107,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "store",
         help="push the expensive artefacts to the DVC remote, or pull them into a fresh clone",
-        description="push: dvc add + dvc push every existing path of dvc.track (config). pull: dvc pull, then "
-        "`snakemake --touch` the pulled outputs so that Snakemake does not recompute them.",
+        description="pin: record what the workflow starts from (dvc.pin: the raw datasets or the synthetic world) "
+        "in the root data.dvc. push: dvc add + dvc push every existing path of dvc.track (config) and the pinned "
+        "data. pull: dvc pull, then `snakemake --touch` the pulled outputs so that Snakemake does not recompute them.",
     )
-    p.add_argument("action", choices=["push", "pull"])
+    p.add_argument("action", choices=["pin", "push", "pull"])
     p.add_argument("--configfile", nargs="*", default=[], help="config files merged over config.yaml, as for snakemake")
     p.add_argument("--root", default=".", help="the workflow checkout (a git repository)")
     p.set_defaults(run=store)

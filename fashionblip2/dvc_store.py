@@ -1,8 +1,11 @@
 """Versioned artefacts with DVC: push what the workflow made, pull it into another clone, and make
 Snakemake treat what was pulled as done.
 
-DVC only stores files here; Snakemake stays the pipeline. Each tracked path gets its own ``.dvc``
-file beside it (``data/facap.dvc``, ``models/stage1/cir_mh.dvc``), so a clone can hold any subset.
+DVC only stores files here; Snakemake stays the pipeline. What the workflow starts from (the raw
+datasets, or the embedded default's synthetic world) is pinned by one root ``data.dvc``
+(``pin``): a clone that pulls it starts from exactly those bytes. Each intermediate gets its own
+``.dvc`` file beside it (``data/facap.dvc``, ``models/stage1/cir_mh.dvc``), so a clone can hold
+any subset; a single ``data.dvc`` over all of ``data/`` would overlap them, which DVC forbids.
 After ``dvc pull`` the files have fresh modification times in a random order and the clone has no
 Snakemake metadata, so Snakemake may want to rerun pulled stages; ``pull`` therefore runs
 ``snakemake --touch`` on exactly the pulled outputs, after which only the stages that were not
@@ -12,6 +15,7 @@ pushed are left to run.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import subprocess
@@ -91,16 +95,90 @@ def tracked_outputs(root: Path) -> list[str]:
     return sorted(outs)
 
 
-def push(root: Path, settings: dict) -> list[str]:
-    """`dvc add` every existing tracked path, `dvc push` them; returns the .dvc files to commit."""
+PIN_FILE = "data.dvc"
+
+
+def pinned_paths(root: Path) -> list[str]:
+    """What the root data.dvc pins (relative to root); none without one."""
+    pin_file = root / PIN_FILE
+    if not pin_file.exists():
+        return []
+    return [out["path"] for out in (yaml.safe_load(pin_file.read_text()) or {}).get("outs", [])]
+
+
+def _inside(path: str, folders: Sequence[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+def pin(root: Path, settings: dict) -> list[str]:
+    """Pin what the workflow starts from (``dvc.pin``: the raw datasets folder, or the synthetic world)
+    in the root data.dvc, replacing the previous pin; returns the pinned paths."""
     ensure_repository(root, settings["remote"])
-    paths = resolve_tracked(root, [*settings["track"], *settings.get("also_track", [])])
+    paths = resolve_tracked(root, settings["pin"])
     if not paths:
+        raise StoreError(f"nothing to pin: none of dvc.pin ({', '.join(settings['pin'])}) exists in {root}")
+    pin_file, previous = root / PIN_FILE, root / f"{PIN_FILE}.previous"
+    if pin_file.exists():  # else `dvc add` refuses a path that data.dvc already tracks
+        pin_file.rename(previous)
+    try:
+        dvc("add", "--quiet", *paths, cwd=root, what="dvc add")
+    except StoreError:
+        if previous.exists():
+            previous.rename(pin_file)
+        raise
+    outs = []
+    for path in paths:
+        own = root / f"{path}.dvc"  # dvc add writes <path>.dvc beside the path: one root file instead
+        out = (yaml.safe_load(own.read_text()) or {})["outs"][0]
+        outs.append({**out, "path": path})
+        own.unlink()
+    tmp = root / f"{PIN_FILE}.tmp"
+    tmp.write_text(yaml.safe_dump({"outs": outs}, sort_keys=False))
+    tmp.replace(pin_file)
+    previous.unlink(missing_ok=True)
+    return paths
+
+
+def check_pin(root: Path) -> None:
+    """A pinned path must hold the bytes data.dvc names before anything is pushed: a changed raw folder
+    or a regenerated world is pinned again on purpose (``store pin``), never silently."""
+    if not (root / PIN_FILE).exists():
+        return
+    # `dvc data status` compares the workspace with the .dvc files whether or not the cache holds
+    # the pinned version (`dvc status` only says "not in cache" then).
+    status = json.loads(dvc("data", "status", "--json", cwd=root, what="dvc data status").stdout or "{}")
+    pinned = pinned_paths(root)
+    changed = sorted(
+        {p.rstrip("/") for p in status.get("uncommitted", {}).get("modified", []) if _inside(p.rstrip("/"), pinned)}
+        & set(pinned)
+    )
+    if changed:
+        raise StoreError(
+            f"{', '.join(changed)} differ from what {PIN_FILE} pins: run `fashionblip2 store pin` to pin them "
+            "(and commit data.dvc), or restore the pinned version with `dvc checkout data.dvc`"
+        )
+    dvc("commit", "--force", "--quiet", PIN_FILE, cwd=root, what="dvc commit")  # same bytes: into the cache
+
+
+def push(root: Path, settings: dict) -> list[str]:
+    """`dvc add` every existing tracked path, `dvc push` them and the pinned data; returns the .dvc
+    files to commit."""
+    ensure_repository(root, settings["remote"])
+    check_pin(root)
+    pinned = pinned_paths(root)
+    paths = [
+        p
+        for p in resolve_tracked(root, [*settings["track"], *settings.get("also_track", [])])
+        if not _inside(p, pinned)  # pushed through data.dvc, which already tracks them
+    ]
+    if not paths and not pinned:
         raise StoreError(f"nothing to push in {root}: none of dvc.track exists yet (run the workflow first)")
     log.info("tracking %d paths: %s", len(paths), ", ".join(paths))
-    dvc("add", "--quiet", *paths, cwd=root, what="dvc add")
-    dvc("push", *[f"{p}.dvc" for p in paths], cwd=root, what="dvc push")
-    return [f"{p}.dvc" for p in paths]
+    if paths:
+        dvc("add", "--quiet", *paths, cwd=root, what="dvc add")
+    files = [f"{p}.dvc" for p in paths] + ([PIN_FILE] if pinned else [])
+    dvc("push", *files, cwd=root, what="dvc push")
+    return files
 
 
 def pull(root: Path, settings: dict, snakemake_args: Sequence[str] = ()) -> list[str]:
@@ -109,8 +187,9 @@ def pull(root: Path, settings: dict, snakemake_args: Sequence[str] = ()) -> list
     if not dvc_files(root):
         raise StoreError(f"no .dvc files in {root}: push from a clone that ran the workflow, commit them, then pull")
     dvc("pull", cwd=root, what="dvc pull")
-    never_touched = set(resolve_tracked(root, settings.get("also_track", [])))
-    outputs = [p for p in tracked_outputs(root) if p not in never_touched and (root / p).exists()]
+    # Only workflow outputs are marked as made: a pinned raw folder or the cache is no rule's output.
+    made = set(resolve_tracked(root, settings["track"])) - set(resolve_tracked(root, settings.get("also_track", [])))
+    outputs = [p for p in tracked_outputs(root) if p in made and (root / p).exists()]
     if outputs:
         # --touch marks the outputs as made, in DAG order; it runs nothing.
         _run([sys.executable, "-m", "snakemake", "--touch", "--cores", "1", *outputs, *snakemake_args], root,

@@ -46,7 +46,7 @@ def planned_rules(dry_run: subprocess.CompletedProcess) -> set[str]:
 def test_push_then_pull_into_a_fresh_clone_recomputes_only_what_was_not_pushed(tmp_path):
     origin = tmp_path / "origin"
     origin.mkdir()
-    for name in [*WORKFLOW_FILES, ".gitignore"]:
+    for name in [*WORKFLOW_FILES, ".gitignore", "data.dvc"]:
         src = REPO / name
         subprocess.run(["cp", "-r", str(src), str(origin / name)], check=True)
     remote = tmp_path / "remote"
@@ -55,14 +55,20 @@ def test_push_then_pull_into_a_fresh_clone_recomputes_only_what_was_not_pushed(t
     git(origin, "add", "-A")
     git(origin, "commit", "-qm", "workflow")
 
-    # Clone 1 makes the dataset half of the tiny preset, and pushes what dvc.track names.
+    # Clone 1 makes the dataset half of the tiny preset, and pushes what dvc.track names. The tiny
+    # world is not the default one the committed data.dvc pins: push refuses until it is pinned.
     snakemake(origin, "--cores", "2", "results/tables/table1.md", "data/enhfashioniq", *PRESET)
+    refused = store(origin, "push")
+    assert refused.returncode == 2 and "data/synthetic/world differ from what data.dvc pins" in refused.stderr
+    pinned = store(origin, "pin")
+    assert pinned.returncode == 0 and "pinned in data.dvc: data/synthetic/world" in pinned.stdout, pinned.stderr
     pushed = store(origin, "push")
     assert pushed.returncode == 0, pushed.stderr
     assert "git add .dvc .dvcignore data" in pushed.stdout
     assert (origin / "data/facap.dvc").exists() and (origin / "data/manifest/images.parquet.dvc").exists()
+    assert not (origin / "data/synthetic/world.dvc").exists()  # the world goes through the root data.dvc
     assert "results" not in tracked_outputs(origin)  # results/ is not tracked: Table 1 is remade
-    git(origin, "add", ".dvc", ".dvcignore", "data")
+    git(origin, "add", ".dvc", ".dvcignore", "data", "data.dvc")
     # Only .dvc files and DVC's .gitignore files are committed, never the data.
     staged = git(origin, "diff", "--cached", "--name-only").split()
     assert staged and all(p.endswith((".dvc", ".gitignore")) or p.startswith(".dvc") for p in staged), staged
@@ -78,6 +84,7 @@ def test_push_then_pull_into_a_fresh_clone_recomputes_only_what_was_not_pushed(t
     pulled = store(clone, "pull")
     assert pulled.returncode == 0, pulled.stderr
     assert "data/facap" in pulled.stdout and "data/cache" not in pulled.stdout.split("outputs", 1)[1]
+    assert "data/synthetic/world" in pulled.stdout  # pinned by data.dvc, and a workflow output: touched
     assert (clone / "data/cache").is_dir()  # the result cache came back too (pulled, not touched)
     assert planned_rules(snakemake(clone, "-n", "results/tables/table1.md", *PRESET)) == {"table1"}
     everything = planned_rules(snakemake(clone, "-n", "all", *PRESET))
@@ -116,3 +123,49 @@ def test_tracked_paths_and_remote_urls(tmp_path):
     assert remote_url("s3://bucket/facap", tmp_path) == "s3://bucket/facap"
     assert remote_url("ssh://user@host/srv/facap", tmp_path) == "ssh://user@host/srv/facap"
     assert remote_url("../store", tmp_path / "repo") == str((tmp_path / "store").resolve())
+
+
+def dvc_hash(folder: Path, tmp: Path) -> str:
+    """DVC's own hash of a folder (``<md5>.dir``), computed by ``dvc add`` in a scratch repository."""
+    repo = tmp / "hash"
+    repo.mkdir()
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True, env=DVC)
+    subprocess.run(["cp", "-r", str(folder), str(repo / "world")], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "world"], cwd=repo, check=True, env=DVC)
+    return yaml.safe_load((repo / "world.dvc").read_text())["outs"][0]["md5"]
+
+
+DVC = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+
+def test_the_committed_data_dvc_pins_the_world_the_default_config_generates(workflow_copy, tmp_path):
+    pinned = yaml.safe_load((REPO / "data.dvc").read_text())["outs"]
+    assert [o["path"] for o in pinned] == yaml.safe_load((REPO / "config.yaml").read_text())["dvc"]["pin"]
+    snakemake(workflow_copy, "--cores", "2", "data/synthetic/world")  # the default config, no preset
+    world = workflow_copy / "data/synthetic/world"
+    assert dvc_hash(world, tmp_path) == pinned[0]["md5"], (
+        "the default synthetic world changed: if on purpose, regenerate it and run `fashionblip2 store pin`"
+    )
+    assert sum(1 for p in world.rglob("*") if p.is_file()) == pinned[0]["nfiles"]
+
+
+def test_pin_replaces_the_pin_and_push_refuses_a_changed_pinned_folder(tmp_path):
+    from fashionblip2.dvc_store import StoreError, pin, pinned_paths, push
+
+    git(tmp_path, "init", "-q")
+    raw = tmp_path / "data/raw/fashioniq"
+    raw.mkdir(parents=True)
+    (raw / "a.json").write_text("[1]")
+    settings = {"remote": {"name": "t", "url": str(tmp_path / "remote")}, "pin": ["data/raw"], "track": [],
+                "also_track": ["data/raw/*"]}  # fmt: skip
+    assert pin(tmp_path, settings) == ["data/raw"] and pinned_paths(tmp_path) == ["data/raw"]
+    assert not (tmp_path / "data/raw.dvc").exists()  # one root data.dvc, no file beside the folder
+    first = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
+    # Pinned data is pushed through data.dvc (also_track names a folder inside it: not added twice).
+    assert push(tmp_path, settings) == ["data.dvc"] and not (raw.parent / "fashioniq.dvc").exists()
+    (raw / "a.json").write_text("[2]")
+    with pytest.raises(StoreError, match="data/raw differ from what data.dvc pins"):
+        push(tmp_path, settings)
+    pin(tmp_path, settings)  # pinned again on purpose
+    assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] != first
+    assert push(tmp_path, settings) == ["data.dvc"]
