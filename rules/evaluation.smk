@@ -9,26 +9,28 @@ rule evaluate:
         fashioniq=fashioniq_input(),
         enhfashioniq=ENHFASHIONIQ,
     output:
-        results=expand(EVALUATION, dataset=EVAL_DATASETS, allow_missing=True),
-        rankings=expand(RANKINGS, dataset=EVAL_DATASETS, allow_missing=True),
+        fashioniq=dataset_file(EVALUATION, "fashioniq"),
+        fashioniq_rankings=dataset_file(RANKINGS, "fashioniq"),
+        enhfashioniq=dataset_file(EVALUATION, "enhfashioniq"),
+        enhfashioniq_rankings=dataset_file(RANKINGS, "enhfashioniq"),
     log:
         "logs/evaluation/{stage}_{variant}.log",
     conda:
         "../envs/train.yaml"
-    threads: rule_resources("evaluate", "threads", 1)
+    threads: rule_threads("evaluate")
     resources:
-        **cluster_resources("evaluate", runtime=inference_runtime, mem_mb=16000, gpu=0),
+        **cluster_resources("evaluate", runtime=inference_runtime),
     params:
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["evaluation"]["categories"]),
-        out_dir="results/eval/{stage}/{variant}",
         run_options=run_only(RUN["evaluation"]),
         provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/evaluate_model.py --model {input.model} --manifest {input.manifest}"
         " --fashioniq-root {params.fashioniq_root} --enhfashioniq {input.enhfashioniq}"
         " --categories {params.categories:q} {params.run_options} --threads {threads} {params.provenance}"
-        " --out-dir {params.out_dir} 2> {log}"
+        " --fashioniq-out {output.fashioniq} {output.fashioniq_rankings}"
+        " --enhfashioniq-out {output.enhfashioniq} {output.enhfashioniq_rankings} 2> {log}"
 
 
 rule search_index:
@@ -41,9 +43,9 @@ rule search_index:
         "logs/evaluation/search_index_{stage}_{variant}.log",
     conda:
         "../envs/train.yaml"
-    threads: rule_resources("search_index", "threads", 1)
+    threads: rule_threads("search_index")
     resources:
-        **cluster_resources("search_index", runtime=inference_runtime, mem_mb=16000, gpu=0),
+        **cluster_resources("search_index", runtime=inference_runtime),
     params:
         sources=json.dumps(config["search"]["gallery_sources"]),
         splits=json.dumps(config["search"]["gallery_splits"]),

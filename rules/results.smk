@@ -11,7 +11,7 @@ localrules:
 
 rule table:
     input:
-        lambda wc: table_inputs(int(wc.number)),
+        unpack(table_inputs),
     output:
         md=report("results/tables/table{number}.md", caption="../report/table.rst", category="Tables"),
         csv="results/tables/table{number}.csv",
@@ -23,20 +23,22 @@ rule table:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("table", runtime=5, mem_mb=1000),
+        **cluster_resources("table"),
     params:
         spec=lambda wc: json.dumps(config["experiments"][f"table{wc.number}"]),
         variants=table_variants,
+        bootstrap=json.dumps(config["evaluation"]["bootstrap"]),
         stem=subpath(output.md, strip_suffix=".md"),
         provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/make_results.py table{wildcards.number} --spec {params.spec:q}"
-        " --variants {params.variants:q} --eval-root results/eval {params.provenance} --out {params.stem} 2> {log}"
+        " --variants {params.variants:q} --results {input.results} --rankings {input.rankings}"
+        " --bootstrap {params.bootstrap:q} {params.provenance} --out {params.stem} 2> {log}"
 
 
 rule figure5:
     input:
-        evaluations("stage1", [name for _, name in figure5_variants()]),
+        **evaluations([("stage1", name) for _, name in figure5_variants()]),
     output:
         png=report(FIGURE5, caption="../report/figure5.rst", category="Figures"),
         csv=FIGURE5.replace(".png", ".csv"),
@@ -45,23 +47,19 @@ rule figure5:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("figure5", runtime=5, mem_mb=1000),
+        **cluster_resources("figure5"),
     params:
-        spec=json.dumps({"variants": figure5_variants()}),
+        spec=json.dumps({"variants": figure5_variants(), "caption": figure5_caption()}),
+        bootstrap=json.dumps(config["evaluation"]["bootstrap"]),
         provenance=run_only(RUN["provenance"]),
     shell:
-        "python workflow_scripts/make_results.py figure5 --spec {params.spec:q} --eval-root results/eval"
-        " {params.provenance} --out {output.png} 2> {log}"
+        "python workflow_scripts/make_results.py figure5 --spec {params.spec:q} --results {input.results}"
+        " --rankings {input.rankings} --bootstrap {params.bootstrap:q} {params.provenance} --out {output.png} 2> {log}"
 
 
 rule figure6:
     input:
-        rankings=expand(
-            RANKINGS,
-            stage=config["experiments"]["figure6"]["stage"],
-            variant=config["experiments"]["figure6"]["variant"],
-            dataset=EVAL_DATASETS,
-        ),
+        **evaluations([(config["experiments"]["figure6"]["stage"], config["experiments"]["figure6"]["variant"])]),
         manifest=MANIFEST,
     output:
         report(FIGURE6, caption="../report/figure6.rst", category="Figures"),
@@ -70,10 +68,12 @@ rule figure6:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("figure6", runtime=5, mem_mb=2000),
+        **cluster_resources("figure6"),
     params:
         spec=json.dumps(config["experiments"]["figure6"]),
+        bootstrap=json.dumps(config["evaluation"]["bootstrap"]),
         provenance=run_only(RUN["provenance"]),
     shell:
-        "python workflow_scripts/make_results.py figure6 --spec {params.spec:q} --eval-root results/eval"
-        " --manifest {input.manifest} {params.provenance} --out {output} 2> {log}"
+        "python workflow_scripts/make_results.py figure6 --spec {params.spec:q} --results {input.results}"
+        " --rankings {input.rankings} --bootstrap {params.bootstrap:q} --manifest {input.manifest}"
+        " {params.provenance} --out {output} 2> {log}"

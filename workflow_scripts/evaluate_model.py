@@ -2,14 +2,19 @@
 """Evaluate a trained FashionBLIP-2 with the FashionIQ protocol on FashionIQ val and enhFashionIQ.
 
 Each category's gallery (FashionIQ's val image split; enhFashionIQ uses the same) is encoded once;
-queries are searched by exact inner product (FAISS). Writes, per dataset, ``<dataset>.json``
-(R@10, R@50 per category, means, Avg, the chance level, skip counts, provenance) and
-``<dataset>_rankings.parquet`` (per query: text, top 10, the target's rank). Missing images are
-skipped and counted.
+queries are searched by exact inner product (FAISS). Writes, per dataset, a summary JSON (R@10,
+R@50 per category, means, Avg, the chance level, skip counts, provenance) and a rankings Parquet
+(per query: text, top 10, the target's rank, its hits at 10 and 50). Missing images are skipped
+and counted.
 
 Example:
+    E=results/eval/stage2/cir_mh
     python workflow_scripts/evaluate_model.py --model models/stage2/cir_mh --manifest data/manifest/images.parquet \\
-        --fashioniq-root data/raw/fashioniq --enhfashioniq data/enhfashioniq --out-dir results/eval/stage2/cir_mh
+        --fashioniq-root data/synthetic/world/fashioniq --enhfashioniq data/enhfashioniq \\
+        --categories '["dress", "shirt", "toptee"]' --device auto --batch-size 64 --threads 1 \\
+        --data synthetic --run-name default \\
+        --fashioniq-out $E/fashioniq.json $E/fashioniq_rankings.parquet \\
+        --enhfashioniq-out $E/enhfashioniq.json $E/enhfashioniq_rankings.parquet
 """
 
 import argparse
@@ -22,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import write_json_atomic, write_parquet_atomic  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
@@ -43,14 +48,22 @@ def main() -> None:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--fashioniq-root", required=True)
     parser.add_argument("--enhfashioniq", help="the enhFashionIQ folder (omit to evaluate FashionIQ only)")
-    parser.add_argument("--categories", default='["dress", "shirt", "toptee"]')
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--run-name", default="manual")
-    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--categories", required=True)
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--batch-size", required=True, type=int)
+    parser.add_argument("--threads", required=True, type=int)
+    add_provenance_arguments(parser)
+    for name in ("fashioniq", "enhfashioniq"):
+        parser.add_argument(
+            f"--{name}-out",
+            nargs=2,
+            metavar=("JSON", "PARQUET"),
+            required=name == "fashioniq",
+            help=f"where the {name} summary and per-query rankings go",
+        )
     args = parser.parse_args()
+    if args.enhfashioniq and not args.enhfashioniq_out:
+        parser.error("--enhfashioniq needs --enhfashioniq-out")
     setup_logging()
     set_threads(args.threads)
     device = resolve_device(args.device, "evaluation.device")
@@ -81,9 +94,9 @@ def main() -> None:
             "skipped": {"queries": report.summary(), "gallery": gallery_report.summary()},
             "provenance": provenance(args.data, args.run_name),
         }
-        out = Path(args.out_dir)
-        write_parquet_atomic(out / f"{name}_rankings.parquet", rankings)
-        write_json_atomic(out / f"{name}.json", results)
+        summary_path, rankings_path = getattr(args, f"{name}_out")
+        write_parquet_atomic(rankings_path, rankings)
+        write_json_atomic(summary_path, results)
         log.info("%s: %s (chance %s)", name, results["summary"], results["chance"])
 
 

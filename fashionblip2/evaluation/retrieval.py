@@ -111,6 +111,8 @@ def evaluate_queries(
                     "text": texts[j],
                     "top": [keys[t] for t in top[j, :TOP_SAVED]],
                     "target_rank": int(ranks[j]),
+                    # What R@K counts (FAISS's own top K): the intervals of the tables resample these.
+                    **{f"hit@{k}": bool(targets[j] in top[j, :k]) for k in ks},
                 }
             )
     summary = fashioniq_summary({c: r for c, r in per_category.items() if r["queries"]}, ks)

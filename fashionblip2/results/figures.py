@@ -103,7 +103,8 @@ def recall_curve(
     title: str,
     footnote: str = "",
 ) -> None:
-    """Figure 5: one panel per dataset, a line per metric (R@10, R@50, Avg) against the training fraction."""
+    """Figure 5: one panel per dataset, a line per metric (R@10, R@50, Avg) against the training fraction;
+    a metric given as intervals (``value``, ``low``, ``high``) gets its band."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -111,9 +112,15 @@ def recall_curve(
 
     fig, axes = plt.subplots(1, len(series), figsize=(6.5 * len(series), 4), squeeze=False)
     for ax, (dataset, metrics) in zip(axes[0], series.items(), strict=True):
+        xs = [100 * f for f in fractions]
         for metric, values in metrics.items():
             style = {"linestyle": "--", "color": "grey"} if metric.startswith("chance") else {"marker": "o"}
-            ax.plot([100 * f for f in fractions], values, label=metric, **style)
+            points = [getattr(v, "value", v) for v in values]
+            (line,) = ax.plot(xs, points, label=metric, **style)
+            if all(hasattr(v, "low") for v in values):  # an interval per point: its band
+                ax.fill_between(
+                    xs, [v.low for v in values], [v.high for v in values], color=line.get_color(), alpha=0.15
+                )
         ax.set_title(dataset)
         ax.set_xlabel("FACap training triplets used (%)")
         ax.set_ylabel("Recall (%)")

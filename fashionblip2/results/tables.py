@@ -1,19 +1,24 @@
 """Tables 3, 4 and 5 of the paper from the evaluation files, with the paper's reported rows beside
 ours (marked as reported, never mixed with computed numbers) and the chance level of our galleries.
 
-Evaluation files: ``<eval_root>/<stage>/<variant>/<dataset>.json`` as written by
+Evaluation files: ``<dataset>.json`` and ``<dataset>_rankings.parquet`` as written by
 ``workflow_scripts/evaluate_model.py`` (stage1 = trained on FACap only, "without fine-tuning";
-stage2 = fine-tuned on FashionIQ).
+stage2 = fine-tuned on FashionIQ). Every number we compute comes with its bootstrap 95 % interval
+over queries, and each comparison a table makes, with a paired test (``significance``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from fashionblip2.results.significance import Difference, Interval, confidence_intervals, paired_difference
 
 CATEGORY_NAMES = {"dress": "Dresses", "shirt": "Shirts", "toptee": "Tops&tees"}
 REPORTED = "reported by the paper"
@@ -94,28 +99,95 @@ class MissingEvaluation(FileNotFoundError):
     pass
 
 
-def load_eval(eval_root: str | os.PathLike[str], stage: str, variant: str, dataset: str) -> dict[str, Any]:
-    path = Path(eval_root) / stage / variant / f"{dataset}.json"
-    if not path.exists():
-        raise MissingEvaluation(f"{path}: no evaluation of {variant} ({stage}) on {dataset}")
-    return json.loads(path.read_text())
+@dataclass(frozen=True)
+class Evaluation:
+    """One model on one evaluation set: its summary (``<dataset>.json``), its per-query hits
+    (``<dataset>_rankings.parquet``) and the bootstrap interval of every number."""
+
+    result: dict[str, Any]
+    rankings: pd.DataFrame
+    intervals: dict[str, Interval]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.result["stage"], self.result["variant"], self.result["dataset"]
 
 
-def _recall_columns(result: dict[str, Any], categories: list[str], chance: bool = False) -> dict[str, float]:
-    cols: dict[str, float] = {}
+class Evaluations:
+    """The evaluations a table reads, found by (stage, variant, dataset) from the files' own contents:
+    the workflow passes the files, the tables never rebuild their paths."""
+
+    def __init__(self, items: list[Evaluation], bootstrap: Bootstrap) -> None:
+        self.items = {e.key: e for e in items}
+        self.bootstrap = bootstrap
+
+    @classmethod
+    def load(
+        cls,
+        results: Sequence[str | os.PathLike[str]],
+        rankings: Sequence[str | os.PathLike[str]],
+        bootstrap: Bootstrap,
+    ) -> Evaluations:
+        """``results[i]`` (a ``<dataset>.json``) and ``rankings[i]`` (its ``_rankings.parquet``)."""
+        if len(results) != len(rankings):
+            raise ValueError(f"{len(results)} evaluation files but {len(rankings)} rankings files")
+        items = []
+        for result_path, rankings_path in zip(results, rankings, strict=True):
+            result = json.loads(Path(result_path).read_text())
+            frame = pd.read_parquet(rankings_path)
+            counts = frame["category"].value_counts().to_dict()
+            expected = {c: r["queries"] for c, r in result["categories"].items() if r["queries"]}
+            if counts != expected:
+                raise ValueError(f"{rankings_path} does not hold the queries of {result_path} ({counts} vs {expected})")
+            intervals = confidence_intervals(frame, bootstrap.samples, bootstrap.seed, bootstrap.level)
+            items.append(Evaluation(result, frame, intervals))
+        return cls(items, bootstrap)
+
+    def __getitem__(self, key: tuple[str, str, str]) -> Evaluation:
+        if key not in self.items:
+            stage, variant, dataset = key
+            raise MissingEvaluation(f"no evaluation of {variant} ({stage}) on {dataset} among the files given")
+        return self.items[key]
+
+    def get(self, key: tuple[str, str, str]) -> Evaluation | None:
+        return self.items.get(key)
+
+    def difference(self, a: tuple[str, str, str], b: tuple[str, str, str], metric: str = "Avg") -> Difference:
+        """``metric(a) - metric(b)``, paired over the queries both were evaluated on."""
+        bs = self.bootstrap
+        return paired_difference(self[a].rankings, self[b].rankings, metric, bs.samples, bs.seed, bs.level)
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How the intervals are drawn (config ``evaluation.bootstrap``)."""
+
+    samples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+
+
+def _recall_columns(evaluation: Evaluation, categories: list[str], chance: bool = False) -> dict[str, Any]:
+    """Table 3's columns: our rows as intervals; the chance row (exact, no sampling) as numbers."""
+    cols: dict[str, Any] = {}
+    result, ci = evaluation.result, evaluation.intervals
     for c in categories:
         r = result["categories"].get(c, {})
         for k in (10, 50):
-            cols[f"{CATEGORY_NAMES[c]} R@{k}"] = r.get(f"chance R@{k}" if chance else f"R@{k}", float("nan"))
-    summary = result["chance"] if chance else result["summary"]
-    cols |= {"Avg R@10": summary["mean R@10"], "Avg R@50": summary["mean R@50"], "Avg": summary["Avg"]}
-    return cols
+            if chance:
+                cols[f"{CATEGORY_NAMES[c]} R@{k}"] = r.get(f"chance R@{k}", float("nan"))
+            else:
+                cols[f"{CATEGORY_NAMES[c]} R@{k}"] = ci.get(f"{c} R@{k}", float("nan"))
+    if chance:
+        summary = result["chance"]
+        return cols | {"Avg R@10": summary["mean R@10"], "Avg R@50": summary["mean R@50"], "Avg": summary["Avg"]}
+    return cols | {"Avg R@10": ci["mean R@10"], "Avg R@50": ci["mean R@50"], "Avg": ci["Avg"]}
 
 
-def table3(eval_root: str | os.PathLike[str], spec: dict[str, str], origin: str) -> pd.DataFrame:
+def table3(evals: Evaluations, spec: dict[str, str], origin: str) -> pd.DataFrame:
     categories = list(CATEGORY_NAMES)
-    zero = load_eval(eval_root, "stage1", spec["without_finetuning"], "fashioniq")
-    tuned = load_eval(eval_root, "stage2", spec["with_finetuning"], "fashioniq")
+    zero = evals["stage1", spec["without_finetuning"], "fashioniq"]
+    tuned = evals["stage2", spec["with_finetuning"], "fashioniq"]
     rows = [
         {
             "Setting": "-",
@@ -146,11 +218,22 @@ def table3(eval_root: str | os.PathLike[str], spec: dict[str, str], origin: str)
     return pd.DataFrame(rows, columns=["Setting", "Model", "Rows from", *columns])
 
 
-def _avg(eval_root, stage: str, variant: str, dataset: str) -> float:
-    return load_eval(eval_root, stage, variant, dataset)["summary"]["Avg"]
+def table3_comparisons(evals: Evaluations, spec: dict[str, str]) -> pd.DataFrame:
+    """What fine-tuning adds on FashionIQ val (the same queries before and after)."""
+    return comparisons(
+        evals,
+        [
+            (
+                "fine-tuned minus not fine-tuned",
+                ("stage2", spec["with_finetuning"]),
+                ("stage1", spec["without_finetuning"]),
+            )
+        ],
+        datasets=("fashioniq",),
+    )
 
 
-def table4(eval_root: str | os.PathLike[str], spec: list[dict[str, str]], origin: str) -> pd.DataFrame:
+def table4(evals: Evaluations, spec: list[dict[str, str]], origin: str) -> pd.DataFrame:
     rows = []
     for entry in spec:
         for pretrained, variant in (("no", entry["without_facap"]), ("yes", entry["with_facap"])):
@@ -159,8 +242,8 @@ def table4(eval_root: str | os.PathLike[str], spec: list[dict[str, str]], origin
                     "Model": f"{entry['model']} ({variant})",
                     "Pretrain on FACap": pretrained,
                     "Fine-tune on FIQ": "yes",
-                    "FIQ": _avg(eval_root, "stage2", variant, "fashioniq"),
-                    "enhFIQ": _avg(eval_root, "stage2", variant, "enhfashioniq"),
+                    "FIQ": evals["stage2", variant, "fashioniq"].intervals["Avg"],
+                    "enhFIQ": evals["stage2", variant, "enhfashioniq"].intervals["Avg"],
                     "Rows from": origin,
                 }
             )
@@ -178,9 +261,19 @@ def table4(eval_root: str | os.PathLike[str], spec: list[dict[str, str]], origin
     return pd.DataFrame(rows)
 
 
-def table5(
-    eval_root: str | os.PathLike[str], variants: list[str], specs: dict[str, dict[str, Any]], origin: str
-) -> pd.DataFrame:
+def table4_comparisons(evals: Evaluations, spec: list[dict[str, str]]) -> pd.DataFrame:
+    """Per model, with FACap minus without, both fine-tuned."""
+    pairs = [
+        (f"{e['model']}: with FACap minus without", ("stage2", e["with_facap"]), ("stage2", e["without_facap"]))
+        for e in spec
+    ]
+    return comparisons(evals, pairs)
+
+
+TABLE5_SETTINGS = (("stage1", "no fine-tuning"), ("stage2", "w/ fine-tuning"))
+
+
+def table5(evals: Evaluations, variants: list[str], specs: dict[str, dict[str, Any]], origin: str) -> pd.DataFrame:
     rows = []
     for name in variants:
         v = specs[name]
@@ -190,9 +283,9 @@ def table5(
             "Adapter": "yes" if v.get("adapters", True) else "no",
             "Matching": "MH" if v.get("matching", "multihead") == "multihead" else "Global",
         }
-        for stage, setting in (("stage1", "no fine-tuning"), ("stage2", "w/ fine-tuning")):
-            for dataset, short in (("fashioniq", "FIQ"), ("enhfashioniq", "enhFIQ")):
-                row[f"{setting} {short}"] = _avg(eval_root, stage, name, dataset)
+        for stage, setting in TABLE5_SETTINGS:
+            for dataset, short in DATASETS.items():
+                row[f"{setting} {short}"] = evals[stage, name, dataset].intervals["Avg"]
         rows.append(row | {"Rows from": origin})
     keys = ["no fine-tuning FIQ", "no fine-tuning enhFIQ", "w/ fine-tuning FIQ", "w/ fine-tuning enhFIQ"]
     for tasks, adapter, matching, *values in TABLE5_REPORTED:
@@ -209,34 +302,89 @@ def table5(
     return pd.DataFrame(rows)
 
 
-def chance_note(eval_root: str | os.PathLike[str], stage: str, variant: str) -> str:
+def table5_comparisons(evals: Evaluations, variants: list[str]) -> pd.DataFrame:
+    """Each row against the row above it (each adds one component), in both settings."""
+    pairs = [
+        (f"{b} minus {a} ({setting})", (stage, b), (stage, a))
+        for stage, setting in TABLE5_SETTINGS
+        for a, b in zip(variants, variants[1:], strict=False)
+    ]
+    return comparisons(evals, pairs)
+
+
+DATASETS = {"fashioniq": "FIQ", "enhfashioniq": "enhFIQ"}
+
+
+def comparisons(
+    evals: Evaluations,
+    pairs: list[tuple[str, tuple[str, str], tuple[str, str]]],
+    datasets: Sequence[str] = tuple(DATASETS),
+) -> pd.DataFrame:
+    """One row per (comparison, evaluation set): the Avg difference with its paired bootstrap interval,
+    the permutation test's p-value, and whether the interval excludes 0."""
+    rows = []
+    for label, (stage_a, a), (stage_b, b) in pairs:
+        for dataset in datasets:
+            d = evals.difference((stage_a, a, dataset), (stage_b, b, dataset))
+            rows.append(
+                {
+                    "Comparison": label,
+                    "Evaluation set": DATASETS[dataset],
+                    "Avg difference": d.interval,
+                    "p (permutation)": d.p_value,
+                    "Significant (95 %)": "yes" if d.significant else "no",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def interval_note(bootstrap: Bootstrap) -> str:
+    level = f"{bootstrap.level:.0%}"
+    return (
+        f"Our cells: value ± half the width of its {level} bootstrap interval over queries ({bootstrap.samples} "
+        f"draws, seed {bootstrap.seed}, queries resampled within each category); the .csv has the bounds. "
+        "Differences: paired bootstrap on the same queries, and a paired permutation test of Avg."
+    )
+
+
+def chance_note(evals: Evaluations, stage: str, variant: str) -> str:
     parts = []
-    for dataset in ("fashioniq", "enhfashioniq"):
-        try:
-            r = load_eval(eval_root, stage, variant, dataset)
-        except MissingEvaluation:
+    for dataset in DATASETS:
+        found = evals.get((stage, variant, dataset))
+        if found is None:
             continue
+        r = found.result
         galleries = ", ".join(f"{c} {v['gallery']}" for c, v in r["categories"].items())
-        parts.append(f"{dataset}: Avg {r['chance']['Avg']:.2f} (gallery sizes {galleries})")
+        queries = ", ".join(f"{c} {v['queries']}" for c, v in r["categories"].items())
+        parts.append(f"{dataset}: Avg {r['chance']['Avg']:.2f} (gallery sizes {galleries}; queries {queries})")
     return "Chance level (random ranking) of our galleries: " + "; ".join(parts) + "."
 
 
+FIGURE5_METRICS = ("mean R@10", "mean R@50", "Avg")
+
+
 def fraction_series(
-    eval_root: str | os.PathLike[str], names: list[tuple[float, str]]
-) -> tuple[dict[str, dict[str, list[float]]], pd.DataFrame]:
-    """Figure 5's data: per evaluation set, mean R@10, mean R@50, Avg and the chance Avg of each
-    (fraction, variant) trained on FACap only; also as one table row per fraction."""
-    series: dict[str, dict[str, list[float]]] = {}
+    evals: Evaluations, names: list[tuple[float, str]]
+) -> tuple[dict[str, dict[str, list[Interval | float]]], pd.DataFrame]:
+    """Figure 5's data: per evaluation set, mean R@10, mean R@50 and Avg (intervals) and the chance
+    Avg of each (fraction, variant) trained on FACap only; also as one table row per fraction."""
+    series: dict[str, dict[str, list[Interval | float]]] = {}
     for dataset, title in (("fashioniq", "FashionIQ val"), ("enhfashioniq", "enhFashionIQ")):
-        evals = [load_eval(eval_root, "stage1", v, dataset) for _, v in names]
-        series[title] = {
-            "mean R@10": [e["summary"]["mean R@10"] for e in evals],
-            "mean R@50": [e["summary"]["mean R@50"] for e in evals],
-            "Avg": [e["summary"]["Avg"] for e in evals],
-            "chance Avg": [e["chance"]["Avg"] for e in evals],
-        }
+        found = [evals["stage1", v, dataset] for _, v in names]
+        series[title] = {m: [e.intervals[m] for e in found] for m in FIGURE5_METRICS}
+        series[title]["chance Avg"] = [e.result["chance"]["Avg"] for e in found]
     rows = [
         {"fraction": f, "variant": v, **{f"{d} {m}": series[d][m][i] for d in series for m in series[d]}}
         for i, (f, v) in enumerate(names)
     ]
     return series, pd.DataFrame(rows)
+
+
+def figure5_comparisons(evals: Evaluations, names: list[tuple[float, str]]) -> pd.DataFrame:
+    """Each fraction against the next larger one (does more FACap help?), without fine-tuning."""
+    ordered = sorted(names)
+    pairs = [
+        (f"{100 * big:g} % minus {100 * small:g} % of FACap", ("stage1", b), ("stage1", a))
+        for (small, a), (big, b) in zip(ordered, ordered[1:], strict=False)
+    ]
+    return comparisons(evals, pairs)

@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pandas as pd
 
 from fashionblip2.common.io import write_text_atomic
+from fashionblip2.results.significance import Interval
+
+
+def _has_intervals(column: pd.Series) -> bool:
+    return any(isinstance(v, Interval) for v in column)
+
+
+def as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """The .csv form: an interval column becomes its value and ``<column> low`` / ``<column> high``."""
+    out = {}
+    for name, column in frame.items():
+        if not _has_intervals(column):
+            out[name] = column
+            continue
+        out[name] = [v.value if isinstance(v, Interval) else v for v in column]
+        out[f"{name} low"] = [v.low if isinstance(v, Interval) else float("nan") for v in column]
+        out[f"{name} high"] = [v.high if isinstance(v, Interval) else float("nan") for v in column]
+    return pd.DataFrame(out)
+
+
+def _cell(value: object, decimals: int) -> object:
+    if isinstance(value, Interval):
+        return f"{value.value:.{decimals}f} ± {value.half_width:.{decimals}f}"
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.{decimals}f}"
+    return value
+
+
+def for_display(frame: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
+    """The .md/.tex form: ``53.20 ± 2.10`` for an interval, numbers with the same decimals."""
+    return frame.map(lambda v: _cell(v, decimals))
+
+
+def _markup(frame: pd.DataFrame, decimals: int, render) -> str:
+    """A table with interval cells is formatted cell by cell (``53.20 ± 2.10``); one without keeps the
+    renderer's own number formatting."""
+    if any(_has_intervals(c) for _, c in frame.items()):
+        return render(for_display(frame, decimals))
+    return render(frame, float_format=f"%.{decimals}f")
+
+
+def _markdown(frame: pd.DataFrame, decimals: int) -> str:
+    if any(_has_intervals(c) for _, c in frame.items()):
+        return for_display(frame, decimals).to_markdown(index=False, missingval="–", disable_numparse=True)
+    return frame.to_markdown(index=False, floatfmt=f".{decimals}f", missingval="–")
 
 
 def write_table(
@@ -22,14 +68,15 @@ def write_table(
     the rule's declared output, so it exists only when the others do."""
     sections = sections or {}
     for name, part in sections.items():
-        write_text_atomic(f"{stem}_{name.split(':')[0].lower().replace(' ', '_')}.csv", part.to_csv(index=False))
-    write_text_atomic(f"{stem}.csv", frame.to_csv(index=False))
+        csv = as_numbers(part).to_csv(index=False)
+        write_text_atomic(f"{stem}_{name.split(':')[0].lower().replace(' ', '_')}.csv", csv)
+    write_text_atomic(f"{stem}.csv", as_numbers(frame).to_csv(index=False))
     if tex:
-        body = frame.to_latex(index=False, float_format="%.2f", na_rep="--", escape=True)
+        body = _markup(frame, 2, lambda f, **kw: f.to_latex(index=False, na_rep="--", escape=True, **kw))
         comments = "".join(f"% {n}\n" for n in [title, *notes])
         write_text_atomic(f"{stem}.tex", comments + body)
-    md = [f"# {title}", "", frame.to_markdown(index=False, floatfmt=".2f", missingval="–"), ""]
+    md = [f"# {title}", "", _markdown(frame, 2), ""]
     md += [f"- {n}" for n in notes]
     for name, part in sections.items():
-        md += ["", f"## {name}", "", part.to_markdown(index=False, floatfmt=".3f", missingval="–")]
+        md += ["", f"## {name}", "", _markdown(part, 3)]
     write_text_atomic(f"{stem}.md", "\n".join(md) + "\n")

@@ -8,41 +8,85 @@ import pytest
 from fashionblip2.results import tables as et
 from fashionblip2.results.writing import write_table
 
+CATEGORIES = ("dress", "shirt", "toptee")
 
-def write_eval(root, stage, variant, dataset, base):
-    cats = {
-        c: {"R@10": base + i, "R@50": base + 10 + i, "gallery": 80, "chance R@10": 12.5, "chance R@50": 62.5}
-        for i, c in enumerate(("dress", "shirt", "toptee"))
-    }
+
+def write_eval(root, stage, variant, dataset, base, n=100):
+    """A model's evaluation files whose hits give R@10 = base + i and R@50 = base + 10 + i (in percent)
+    on category i, for n queries per category (the same queries for every model)."""
+    cats, rows = {}, []
+    for i, c in enumerate(CATEGORIES):
+        for q in range(n):
+            rows.append(
+                {
+                    "category": c,
+                    "reference": f"{c}{q}",
+                    "target": f"t{c}{q}",
+                    "text": "x",
+                    "top": ["y"],
+                    "target_rank": 1 if 100 * q < (base + i) * n else 60,
+                    "hit@10": 100 * q < (base + i) * n,
+                    "hit@50": 100 * q < (base + 10 + i) * n,
+                }
+            )
+        cats[c] = {
+            "R@10": base + i,
+            "R@50": base + 10 + i,
+            "gallery": 80,
+            "queries": n,
+            "chance R@10": 12.5,
+            "chance R@50": 62.5,
+        }
     summary = {"mean R@10": base + 1, "mean R@50": base + 11, "Avg": base + 6}
     chance = {"mean R@10": 12.5, "mean R@50": 62.5, "Avg": 37.5}
-    path = root / stage / variant / f"{dataset}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"categories": cats, "summary": summary, "chance": chance}))
+    folder = root / stage / variant
+    folder.mkdir(parents=True, exist_ok=True)
+    result = {
+        "categories": cats,
+        "summary": summary,
+        "chance": chance,
+        "stage": stage,
+        "variant": variant,
+        "dataset": dataset,
+    }
+    (folder / f"{dataset}.json").write_text(json.dumps(result))
+    pd.DataFrame(rows).to_parquet(folder / f"{dataset}_rankings.parquet")
+    return folder / f"{dataset}.json", folder / f"{dataset}_rankings.parquet"
 
 
 @pytest.fixture
 def evals(tmp_path):
+    files = []
     for n, v in enumerate(["a", "b", "c"]):
         for stage in ("stage1", "stage2"):
             for d, shift in (("fashioniq", 0), ("enhfashioniq", 5)):
-                write_eval(tmp_path, stage, v, d, 10 * n + (20 if stage == "stage2" else 0) + shift)
-    return tmp_path
+                files.append(
+                    write_eval(tmp_path / "eval", stage, v, d, 10 * n + (20 if stage == "stage2" else 0) + shift)
+                )
+    results, rankings = zip(*files, strict=True)
+    return et.Evaluations.load(results, rankings, et.Bootstrap(samples=200, seed=0))
 
 
 def test_table3_puts_our_rows_chance_and_reported_rows_apart(evals, tmp_path):
     frame = et.table3(evals, {"without_finetuning": "a", "with_finetuning": "b"}, "this run (synthetic data)")
     ours = frame[frame["Rows from"] == "this run (synthetic data)"]
     assert list(ours["Model"]) == ["chance (random ranking)", "FashionBLIP-2 (a)", "FashionBLIP-2 (b)"]
-    assert ours.iloc[1]["Shirts R@50"] == 11 and ours.iloc[2]["Avg"] == 10 + 20 + 6
-    assert ours.iloc[0]["Avg"] == 37.5
+    assert ours.iloc[1]["Shirts R@50"].value == 11 and ours.iloc[2]["Avg"].value == pytest.approx(10 + 20 + 6)
+    assert ours.iloc[1]["Avg"].low < 6 < ours.iloc[1]["Avg"].high
+    assert ours.iloc[0]["Avg"] == 37.5  # chance: exact, no interval
     reported = frame[frame["Rows from"] == et.REPORTED]
     assert len(reported) == len(et.TABLE3_REPORTED)
     assert reported[reported["Model"] == "FashionBLIP-2"]["Avg"].tolist() == [44.6, 65.9]
     write_table(frame, tmp_path / "t3", "Table 3", ["note"], tex=True)
-    assert "reported by the paper" in (tmp_path / "t3.md").read_text()
+    md = (tmp_path / "t3.md").read_text()
+    assert "reported by the paper" in md
+    half = ours.iloc[1]["Avg"].half_width
+    assert f"6.00 ± {half:.2f}" in md and "| 44.60 " in md  # our cells with intervals, reported ones plain
     assert "\\begin{tabular}" in (tmp_path / "t3.tex").read_text()
-    assert len(pd.read_csv(tmp_path / "t3.csv")) == len(frame)
+    csv = pd.read_csv(tmp_path / "t3.csv")
+    assert len(csv) == len(frame)
+    assert csv.loc[1, "Avg low"] == ours.iloc[1]["Avg"].low and csv.loc[1, "Avg"] == pytest.approx(6)
+    assert csv["Avg low"].isna().sum() == len(et.TABLE3_REPORTED) + 1  # reported rows and chance: no bounds
 
 
 def test_reported_rows_that_do_not_add_up_are_marked_and_explained(evals):
@@ -65,19 +109,48 @@ def test_reported_rows_that_do_not_add_up_are_marked_and_explained(evals):
 
 def test_table4_and_table5_read_stage_and_dataset(evals):
     t4 = et.table4(evals, [{"model": "M", "without_facap": "a", "with_facap": "b"}], "ours")
-    assert t4.iloc[0][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["no", 26, 31]
-    assert t4.iloc[1][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["yes", 36, 41]
+    values = t4.map(lambda v: round(getattr(v, "value", v), 6) if isinstance(v, float | et.Interval) else v)
+    assert values.iloc[0][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["no", 26, 31]
+    assert values.iloc[1][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["yes", 36, 41]
     variants = {"a": {"losses": ["cir"], "adapters": False, "matching": "global"}, "c": {}}
     t5 = et.table5(evals, ["a", "c"], variants, "ours")
     assert t5.iloc[0][["Training tasks", "Adapter", "Matching"]].tolist() == ["CIR", "no", "Global"]
     assert t5.iloc[1][["Training tasks", "Adapter", "Matching"]].tolist() == ["CIR+CTR", "yes", "MH"]
-    assert t5.iloc[1][["no fine-tuning FIQ", "w/ fine-tuning enhFIQ"]].tolist() == [26, 51]
+    assert [round(v.value, 6) for v in t5.iloc[1][["no fine-tuning FIQ", "w/ fine-tuning enhFIQ"]]] == [26, 51]
     assert (t5["Rows from"] == et.REPORTED).sum() == 4
 
 
 def test_a_missing_evaluation_is_named(evals):
     with pytest.raises(et.MissingEvaluation, match="nope"):
         et.table3(evals, {"without_finetuning": "nope", "with_finetuning": "b"}, "ours")
+
+
+def test_rankings_that_do_not_match_their_summary_are_refused(tmp_path):
+    result, _ = write_eval(tmp_path, "stage1", "a", "fashioniq", 10)
+    _, other = write_eval(tmp_path, "stage1", "b", "fashioniq", 10, n=40)
+    with pytest.raises(ValueError, match="does not hold the queries"):
+        et.Evaluations.load([result], [other], et.Bootstrap(samples=100))
+
+
+def test_comparisons_report_each_pair_with_its_interval_and_test(evals):
+    spec = [{"model": "M", "without_facap": "a", "with_facap": "c"}]
+    diff = et.table4_comparisons(evals, spec)
+    assert diff["Comparison"].tolist() == ["M: with FACap minus without"] * 2
+    fiq = diff.iloc[0]["Avg difference"]
+    assert fiq.value == pytest.approx(20) and fiq.low > 0  # 20 points on 300 queries: clearly significant
+    assert diff.iloc[0]["Significant (95 %)"] == "yes" and diff.iloc[0]["p (permutation)"] < 0.05
+    t5 = et.table5_comparisons(evals, ["a", "b", "c"])
+    assert t5["Comparison"].tolist()[:2] == ["b minus a (no fine-tuning)"] * 2 and len(t5) == 8
+
+
+def test_the_written_table_has_its_differences_section_and_csv(evals, tmp_path):
+    from fashionblip2.results.experiments import Origin, write_table4
+
+    write_table4(evals, [{"model": "M", "without_facap": "a", "with_facap": "b"}], Origin(), tmp_path / "t4")
+    md = (tmp_path / "t4.md").read_text()
+    assert "## Differences: paired, on the same queries" in md and "bootstrap interval" in md
+    diff = pd.read_csv(tmp_path / "t4_differences.csv")
+    assert {"Avg difference", "Avg difference low", "Avg difference high", "p (permutation)"} <= set(diff.columns)
 
 
 def test_figure6_rows_pick_the_best_and_the_worst_query_and_show_a_missed_target():

@@ -1,0 +1,170 @@
+"""The paper's experiment outputs, each written whole: Tables 3-5 (table, comparisons, notes) and
+Figures 5 and 6, from the evaluations the workflow passes in."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fashionblip2.common.io import write_text_atomic
+from fashionblip2.common.provenance import provenance
+from fashionblip2.results import tables as et
+from fashionblip2.results.figures import contact_sheet, qualitative_row, recall_curve
+from fashionblip2.results.writing import as_numbers, write_table
+from fashionblip2.sources.manifest import manifest_paths
+
+REPORTED_NOTE = (
+    "Rows marked 'reported by the paper' are copied from the paper (ViT-G BLIP-2, real FashionIQ), not recomputed."
+)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where our rows come from, for every note: the data kind and the config run."""
+
+    data: str = "synthetic"
+    run_name: str = "manual"
+
+    @property
+    def rows(self) -> str:
+        return f"this run ({self.data} data)"
+
+    @property
+    def scale(self) -> str:
+        if self.data == "synthetic":
+            return (
+                "Our rows come from the embedded default's tiny models on the synthetic world: compare them with "
+                "each other (see the differences below) and with the chance level, not with the paper's numbers."
+            )
+        return "Our rows: this run's models on real data."
+
+    def footer(self) -> str:
+        p = provenance(self.data, self.run_name)
+        return f"Data: {p['data']}; config run: {p['run_name']}; commit: {p['commit']}."
+
+
+DIFFERENCES = "Differences: paired, on the same queries"
+
+
+def _write_experiment_table(
+    evals: et.Evaluations,
+    origin: Origin,
+    stem: str | os.PathLike[str],
+    title: str,
+    table: pd.DataFrame,
+    differences: pd.DataFrame,
+    about: list[str],
+    chance_of: tuple[str, str],
+    extra: list[str] | None = None,
+) -> None:
+    """Tables 3-5 alike: what the table shows, how sure its numbers are, the chance level of our
+    galleries, where our rows and the paper's come from; the paired differences as a section."""
+    notes = [
+        *about,
+        et.interval_note(evals.bootstrap),
+        et.chance_note(evals, *chance_of),
+        origin.scale,
+        REPORTED_NOTE,
+        *(extra or []),
+        origin.footer(),
+    ]
+    write_table(table, stem, title, notes, tex=True, sections={DIFFERENCES: differences})
+
+
+def write_table3(evals: et.Evaluations, spec: dict[str, str], origin: Origin, stem: str | os.PathLike[str]) -> None:
+    about = [
+        "Recall@K in percent on FashionIQ val (two captions joined, reference not removed from the ranking); "
+        "Avg = (mean R@10 + mean R@50) / 2.",
+        f"Without fine-tuning: trained on FACap only ({spec['without_finetuning']}); with fine-tuning: "
+        f"FACap then FashionIQ train ({spec['with_finetuning']}), as the paper's rows (Table 5).",
+    ]
+    _write_experiment_table(
+        evals,
+        origin,
+        stem,
+        "Table 3: FashionIQ validation, without and with fine-tuning",
+        et.table3(evals, spec, origin.rows),
+        et.table3_comparisons(evals, spec),
+        about,
+        ("stage1", spec["without_finetuning"]),
+        et.table3_inconsistency_notes(),
+    )
+
+
+def write_table4(
+    evals: et.Evaluations, spec: list[dict[str, str]], origin: Origin, stem: str | os.PathLike[str]
+) -> None:
+    about = [
+        "Avg = (mean R@10 + mean R@50) / 2 over dress, shirt and toptee, on FashionIQ val and enhFashionIQ.",
+        "Without FACap: fine-tuned on FashionIQ straight from the pretrained backbone. The SPRC-style row is our "
+        "global-matching variant of FashionBLIP-2 (no adapters, one global embedding), not SPRC's code.",
+    ]
+    _write_experiment_table(
+        evals,
+        origin,
+        stem,
+        "Table 4: impact of FACap pretraining",
+        et.table4(evals, spec, origin.rows),
+        et.table4_comparisons(evals, spec),
+        about,
+        ("stage2", spec[0]["with_facap"]),
+    )
+
+
+def write_table5(
+    evals: et.Evaluations,
+    names: list[str],
+    variants: dict[str, dict[str, Any]],
+    origin: Origin,
+    stem: str | os.PathLike[str],
+) -> None:
+    about = [
+        "Avg recall ((mean R@10 + mean R@50) / 2) on FashionIQ val and enhFashionIQ, after FACap only "
+        "(no fine-tuning) and after fine-tuning on FashionIQ. MH: multi-head matching.",
+    ]
+    _write_experiment_table(
+        evals,
+        origin,
+        stem,
+        "Table 5: ablation of FashionBLIP-2's components",
+        et.table5(evals, names, variants, origin.rows),
+        et.table5_comparisons(evals, names),
+        about,
+        ("stage1", names[0]),
+    )
+
+
+def write_figure5(
+    evals: et.Evaluations, names: list[tuple[float, str]], epochs_note: str, origin: Origin, png: str | os.PathLike[str]
+) -> None:
+    """The curve (with its 95 % band), its numbers as ``.csv`` (with bounds) and the paired differences
+    between consecutive fractions as ``_differences.csv``."""
+    series, frame = et.fraction_series(evals, names)
+    stem = Path(png).with_suffix("")
+    write_text_atomic(f"{stem}_differences.csv", as_numbers(et.figure5_comparisons(evals, names)).to_csv(index=False))
+    write_text_atomic(Path(png).with_suffix(".csv"), as_numbers(frame).to_csv(index=False))
+    caption = f"{epochs_note} Bands: {evals.bootstrap.level:.0%} bootstrap intervals over queries. {origin.footer()}"
+    recall_curve(
+        [f for f, _ in names],
+        series,
+        png,
+        "Figure 5: recall without fine-tuning against the FACap training fraction",
+        caption,
+    )
+
+
+def write_figure6(
+    evals: et.Evaluations, spec: dict[str, Any], manifest: pd.DataFrame, origin: Origin, png: str | os.PathLike[str]
+) -> None:
+    paths = manifest_paths(manifest)
+    rows = []
+    for dataset, which in (("fashioniq", "best"), ("enhfashioniq", "best"), ("fashioniq", "worst")):
+        ranks = evals[spec["stage"], spec["variant"], dataset].rankings
+        row = qualitative_row(ranks, dataset, which, paths, int(spec.get("top_k", 5)))
+        if row is not None:
+            rows.append(row)
+    contact_sheet(rows, png, title=f"Figure 6: {spec['variant']} ({spec['stage']}). {origin.footer()}")
