@@ -9,6 +9,8 @@ localrules:
     gather_captions,
     gather_modifications,
     table1,
+    pilot_pairs,
+    pilot,
 
 
 # A job of an API backend waits on the network, not on a node: under a cluster profile it runs in
@@ -38,9 +40,9 @@ rule caption:
         failures="logs/annotation/caption_{shard}_failures.tsv",
     conda:
         "../envs/vlm.yaml"
-    threads: rule_resources("caption", "threads", 1)
+    threads: rule_threads("caption")
     resources:
-        **cluster_resources("caption", runtime=caption_runtime, mem_mb=8000, gpu=0),
+        **cluster_resources("caption", runtime=caption_runtime),
     params:
         shards=config["annotation"]["shards"],
         settings=as_json(annotation_answer_settings(config, "caption")),
@@ -65,7 +67,7 @@ rule gather_captions:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("gather_captions", runtime=10, mem_mb=4000),
+        **cluster_resources("gather_captions"),
     params:
         settings=as_json(annotation_answer_settings(config, "caption")),
     shell:
@@ -85,9 +87,9 @@ rule modify:
         failures="logs/annotation/modify_{shard}_failures.tsv",
     conda:
         "../envs/llm.yaml"
-    threads: rule_resources("modify", "threads", 1)
+    threads: rule_threads("modify")
     resources:
-        **cluster_resources("modify", runtime=60, mem_mb=4000),
+        **cluster_resources("modify"),
     params:
         shards=config["annotation"]["shards"],
         settings=as_json(annotation_answer_settings(config, "modification")),
@@ -101,6 +103,126 @@ rule modify:
         " --cache {params.cache:q} --failures {log.failures} --out {output} 2> {log.run}"
 
 
+# The paid-run pilot (`snakemake --cores 2 pilot`): a seeded sample of pairs through the full run's
+# backends, settings and cache (so the full run does not pay for them again), checked against Table 1.
+rule pilot_pairs:
+    input:
+        PAIRS,
+    output:
+        PILOT_PAIRS,
+    log:
+        "logs/annotation/pilot_pairs.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **cluster_resources("pilot_pairs"),
+    params:
+        pilot=as_json(config["pilot"]),
+    shell:
+        "python workflow_scripts/run_pilot.py sample --pairs {input} --pilot {params.pilot:q} --out {output} 2> {log}"
+
+
+if api_jobs_local("caption"):
+
+    localrules:
+        pilot_caption,
+
+
+if api_jobs_local("modification"):
+
+    localrules:
+        pilot_modify,
+
+
+rule pilot_caption:
+    input:
+        manifest=MANIFEST,
+        pairs=PILOT_PAIRS,
+        prompt=config["annotation"]["caption"]["prompt"],
+        model=captioner_folder(),
+    output:
+        PILOT_CAPTIONS,
+    log:
+        run="logs/annotation/pilot_caption.log",
+        failures="logs/annotation/pilot_caption_failures.tsv",
+    conda:
+        "../envs/vlm.yaml"
+    threads: rule_threads("pilot_caption")
+    resources:
+        **cluster_resources("pilot_caption"),
+    params:
+        settings=as_json(annotation_answer_settings(config, "caption")),
+        run_settings=run_only(RUN["pilot"]["caption"]),
+        prices=run_only(RUN["prices"]),
+        cache=run_only(config["annotation"]["cache_dir"]),
+    shell:
+        "python workflow_scripts/annotate.py --stage caption --shard 0 --shards 1 --settings {params.settings:q}"
+        " --run-settings {params.run_settings:q} --prices {params.prices:q} --prompt {input.prompt}"
+        " --manifest {input.manifest} --pairs {input.pairs} --cache {params.cache:q} --failures {log.failures}"
+        " --out {output} 2> {log.run}"
+
+
+rule pilot_modify:
+    input:
+        pairs=PILOT_PAIRS,
+        captions=PILOT_CAPTIONS,
+        prompt=config["annotation"]["modification"]["prompt"],
+    output:
+        PILOT_MODIFICATIONS,
+    log:
+        run="logs/annotation/pilot_modify.log",
+        failures="logs/annotation/pilot_modify_failures.tsv",
+    conda:
+        "../envs/llm.yaml"
+    threads: rule_threads("pilot_modify")
+    resources:
+        **cluster_resources("pilot_modify"),
+    params:
+        settings=as_json(annotation_answer_settings(config, "modification")),
+        run_settings=run_only(RUN["pilot"]["modification"]),
+        prices=run_only(RUN["prices"]),
+        cache=run_only(config["annotation"]["cache_dir"]),
+    shell:
+        "python workflow_scripts/annotate.py --stage modification --shard 0 --shards 1 --settings {params.settings:q}"
+        " --run-settings {params.run_settings:q} --prices {params.prices:q} --prompt {input.prompt}"
+        " --pairs {input.pairs} --captions {input.captions} --cache {params.cache:q} --failures {log.failures}"
+        " --out {output} 2> {log.run}"
+
+
+rule pilot:
+    input:
+        pairs=PAIRS,
+        manifest=MANIFEST,
+        pilot_pairs=PILOT_PAIRS,
+        captions=PILOT_CAPTIONS,
+        modifications=PILOT_MODIFICATIONS,
+        caption_prompt=config["annotation"]["caption"]["prompt"],
+        modification_prompt=config["annotation"]["modification"]["prompt"],
+    output:
+        report(PILOT_TABLE, caption="../report/table.rst", category="Tables"),
+    log:
+        "logs/annotation/pilot.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **cluster_resources("pilot"),
+    params:
+        caption=as_json(annotation_answer_settings(config, "caption")),
+        modification=as_json(annotation_answer_settings(config, "modification")),
+        limits=as_json({s: config["annotation"][s]["max_failed_fraction"] for s in ("caption", "modification")}),
+        pilot=as_json(config["pilot"]),
+        prices=as_json(config["annotation"]["prices"]),
+        stem=subpath(output[0], strip_suffix=".md"),
+        provenance=run_only(RUN["provenance"]),
+    shell:
+        "python workflow_scripts/run_pilot.py table --pairs {input.pairs} --manifest {input.manifest}"
+        " --pilot-pairs {input.pilot_pairs} --captions {input.captions} --modifications {input.modifications}"
+        " --caption-settings {params.caption:q} --modification-settings {params.modification:q}"
+        " --caption-prompt {input.caption_prompt} --modification-prompt {input.modification_prompt}"
+        " --limits {params.limits:q} --prices {params.prices:q} --pilot {params.pilot:q} {params.provenance}"
+        " --out {params.stem} 2> {log}"
+
+
 rule gather_modifications:
     input:
         annotation_shards(MODIFICATION_SHARD),
@@ -112,7 +234,7 @@ rule gather_modifications:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("gather_modifications", runtime=10, mem_mb=4000),
+        **cluster_resources("gather_modifications"),
     params:
         settings=as_json(annotation_answer_settings(config, "modification")),
     shell:
@@ -132,7 +254,7 @@ rule facap:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("facap", runtime=30, mem_mb=8000),
+        **cluster_resources("facap"),
     params:
         sources=json.dumps(config["facap"]["sources"]),
         annotation=as_json(annotation_answers()),
@@ -155,7 +277,7 @@ rule enhfashioniq:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("enhfashioniq", runtime=10, mem_mb=4000),
+        **cluster_resources("enhfashioniq"),
     params:
         fashioniq_root=fashioniq_root(),
         annotation=as_json(annotation_answers()),
@@ -178,7 +300,7 @@ rule table1:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("table1", runtime=10, mem_mb=4000),
+        **cluster_resources("table1"),
     params:
         stem=subpath(output.md, strip_suffix=".md"),
         fashioniq_root=fashioniq_root(),

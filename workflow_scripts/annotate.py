@@ -7,10 +7,13 @@ resumes where it stopped, and a rerun makes no call for what is cached. Before a
 the number of requests, estimated tokens and cost. The API key is read from the environment only.
 
 Example:
-    python workflow_scripts/annotate.py --stage caption --shard 0 --shards 1 \\
-        --settings '{"backend": "metadata"}' --prompt prompts/caption.yaml \\
-        --manifest data/manifest/images.parquet --pairs data/pairs/pairs.parquet \\
-        --cache data/cache --out data/annotation/captions/0.parquet
+    python workflow_scripts/annotate.py --stage caption --shard 0 --shards 2 \\
+        --settings '{"backend": "metadata", "max_new_tokens": 128, "max_words": 150, "temperature": 0.2}' \\
+        --run-settings '{"concurrency": 32, "max_failed_fraction": 0.02, "max_retries": 6, "timeout_s": 60}' \\
+        --prices '{"image_tokens": 85, "input_per_million": 0.15, "output_per_million": 0.6}' \\
+        --prompt prompts/caption.yaml --manifest data/manifest/images.parquet --pairs data/pairs/pairs.parquet \\
+        --cache data/cache --failures logs/annotation/caption_0_failures.tsv \\
+        --out data/annotation/captions/0.parquet
 """
 
 import argparse
@@ -25,37 +28,33 @@ import pandas as pd  # noqa: E402
 
 from fashionblip2.annotation.cache import ResultCache  # noqa: E402
 from fashionblip2.annotation.prompts import PromptTemplate  # noqa: E402
-from fashionblip2.annotation.runner import CAPTION_FAILED, Prices, annotate, check_failures, estimate_cost  # noqa: E402
+from fashionblip2.annotation.runner import Prices, check_failures, estimate_cost  # noqa: E402
 from fashionblip2.annotation.stages import (  # noqa: E402
     STAGES,
-    caption_requests,
-    checker,
-    images_to_caption,
     make_backend,
-    modification_requests,
+    plan_captions,
+    plan_modifications,
+    run_plan,
 )
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import atomic_path, write_parquet_atomic  # noqa: E402
-from fashionblip2.pairing.embedding_file import shard_bounds  # noqa: E402
-
-COLUMNS = ["reference_id", "target_id", "image_id", "text", "status", "reason", "cached", "key"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=STAGES, required=True)
-    parser.add_argument("--shard", type=int, default=0)
-    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--shard", type=int, required=True)
+    parser.add_argument("--shards", type=int, required=True)
     parser.add_argument(
         "--settings", required=True, help="JSON: the annotation.<stage> keys that change the answers (backend, ...)"
     )
     parser.add_argument(
         "--run-settings",
-        default="{}",
+        required=True,
         help="JSON: the annotation.<stage> keys that change how it runs, not its answers (concurrency, timeouts, "
         "max_failed_fraction: without it any failed answer stops the shard, ...)",
     )
-    parser.add_argument("--prices", default="{}", help="the config's annotation.prices as JSON")
+    parser.add_argument("--prices", required=True, help="the config's annotation.prices as JSON")
     parser.add_argument("--prompt", required=True, help="prompt file (YAML chat messages)")
     parser.add_argument("--manifest", help="caption stage: the image manifest")
     parser.add_argument("--pairs", required=True, help="the pairs (Parquet)")
@@ -70,32 +69,16 @@ def main() -> None:
     settings = {**json.loads(args.settings), **json.loads(args.run_settings)}
     template = PromptTemplate.load(args.prompt)
     pairs = pd.read_parquet(args.pairs)
-
-    if args.stage == "caption":
-        items = images_to_caption(pairs, pd.read_parquet(args.manifest))
-        start, end = shard_bounds(len(items), args.shards, args.shard)
-        items = items.iloc[start:end]
-        requests = caption_requests(items, template, settings)
-        rows = {"image_id": items["image_id"].tolist()}
-        skipped = []
-    else:
-        captions = pd.read_parquet(args.captions)
-        ok = dict(zip(*captions.loc[captions["status"] == "ok", ["image_id", "text"]].T.to_numpy(), strict=True))
-        items = pairs.sort_values(["reference_id", "target_id"]).reset_index(drop=True)
-        start, end = shard_bounds(len(items), args.shards, args.shard)
-        items = items.iloc[start:end]
-        has = items["reference_id"].isin(ok) & items["target_id"].isin(ok)
-        skipped = items[~has]
-        items = items[has]
-        requests = modification_requests(items, ok, template, settings)
-        rows = {"reference_id": items["reference_id"].tolist(), "target_id": items["target_id"].tolist()}
-
     cache = ResultCache(args.cache)
     out = Path(args.out)
     backend = make_backend(args.stage, settings, batch_state=str(out.with_name(f"{out.stem}.batches.json")))
+    if args.stage == "caption":
+        plan = plan_captions(pairs, pd.read_parquet(args.manifest), template, settings, args.shard, args.shards)
+    else:
+        plan = plan_modifications(pairs, pd.read_parquet(args.captions), template, settings, args.shard, args.shards)
     if settings.get("backend", "").startswith("openai"):
         estimate = estimate_cost(
-            requests,
+            plan.requests,
             cache,
             backend,
             settings.get("max_new_tokens", 128),
@@ -107,43 +90,16 @@ def main() -> None:
             "output tokens, <= $%(cost_usd_at_most).2f",
             estimate,
         )
-    outcomes = annotate(
-        requests,
-        backend,
+    frame = run_plan(
+        plan,
+        settings,
         cache,
-        checker(args.stage, settings),
+        backend,
         desc=f"{args.stage} shard {args.shard}",
         progress=not args.no_progress,
         # A second batch for rejected answers only if it can end before the job's time is up.
         second_chance=getattr(backend, "time_for_another_pass", lambda: True),
     )
-    frame = pd.DataFrame(
-        {
-            **rows,
-            "text": [o.text for o in outcomes],
-            "status": [o.status for o in outcomes],
-            "reason": [o.reason for o in outcomes],
-            "cached": [o.cached for o in outcomes],
-            "key": [o.key for o in outcomes],
-        }
-    )
-    if len(skipped):
-        frame = pd.concat(
-            [
-                frame,
-                pd.DataFrame(
-                    {
-                        "reference_id": skipped["reference_id"],
-                        "target_id": skipped["target_id"],
-                        "text": None,
-                        "status": "failed",
-                        "reason": CAPTION_FAILED,
-                        "cached": False,
-                        "key": "",
-                    }
-                ),
-            ]
-        )
     failed = frame[frame["status"] != "ok"]
     if args.failures:
         with atomic_path(args.failures) as tmp:
@@ -156,7 +112,7 @@ def main() -> None:
         stage=args.stage,
         failures_path=args.failures,
     )
-    write_parquet_atomic(args.out, frame.reindex(columns=[c for c in COLUMNS if c in frame.columns]))
+    write_parquet_atomic(args.out, frame)
     log.info(
         "%s shard %d/%d: %d ok (%d from the cache), %d failed",
         args.stage,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -16,10 +17,12 @@ from fashionblip2.annotation.backends import (
     RulesDiffer,
     TransformersCaptioner,
 )
-from fashionblip2.annotation.cache import file_digest
+from fashionblip2.annotation.cache import ResultCache, file_digest
 from fashionblip2.annotation.prompts import PromptTemplate
+from fashionblip2.annotation.runner import CAPTION_FAILED, Outcome, annotate
 from fashionblip2.annotation.validation import check_caption, check_modification
 from fashionblip2.common.issues import BadInputError
+from fashionblip2.pairing.embedding_file import shard_bounds
 from fashionblip2.sources.records import readable_category
 
 STAGES = ("caption", "modification")
@@ -129,3 +132,81 @@ def modification_requests(
             keyed["temperature"] = settings.get("temperature", 0.2)
         requests.append(Request(keyed, {"reference_caption": ref, "target_caption": tgt, "category": row.category}))
     return requests
+
+
+@dataclass
+class StagePlan:
+    """What one run of a stage asks: the requests with the ids of their items, and the items not
+    asked (pairs whose caption failed), which become failed rows."""
+
+    stage: str
+    ids: dict[str, list[Any]]
+    requests: list[Request]
+    skipped: dict[str, list[Any]] = field(default_factory=dict)
+
+
+OUTCOME_COLUMNS = ["reference_id", "target_id", "image_id", "text", "status", "reason", "cached", "key"]
+
+
+def plan_captions(
+    pairs: pd.DataFrame,
+    manifest: pd.DataFrame,
+    template: PromptTemplate,
+    settings: dict[str, Any],
+    shard: int = 0,
+    shards: int = 1,
+) -> StagePlan:
+    """Caption the images of ``pairs`` in shard ``shard`` of ``shards`` (cut over the sorted image ids)."""
+    items = images_to_caption(pairs, manifest)
+    start, end = shard_bounds(len(items), shards, shard)
+    items = items.iloc[start:end]
+    return StagePlan("caption", {"image_id": items["image_id"].tolist()}, caption_requests(items, template, settings))
+
+
+def plan_modifications(
+    pairs: pd.DataFrame,
+    captions: pd.DataFrame,
+    template: PromptTemplate,
+    settings: dict[str, Any],
+    shard: int = 0,
+    shards: int = 1,
+) -> StagePlan:
+    """The modification texts of the pairs in shard ``shard`` of ``shards`` (cut over the pairs sorted
+    by ids). A pair with a failed caption is not asked: it becomes a failed row, counted."""
+    ok = dict(zip(*captions.loc[captions["status"] == "ok", ["image_id", "text"]].T.to_numpy(), strict=True))
+    items = pairs.sort_values(["reference_id", "target_id"]).reset_index(drop=True)
+    start, end = shard_bounds(len(items), shards, shard)
+    items = items.iloc[start:end]
+    has = items["reference_id"].isin(ok) & items["target_id"].isin(ok)
+    ids = ("reference_id", "target_id")
+    return StagePlan(
+        "modification",
+        {c: items.loc[has, c].tolist() for c in ids},
+        modification_requests(items[has], ok, template, settings),
+        {c: items.loc[~has, c].tolist() for c in ids},
+    )
+
+
+def _frame(ids: dict[str, list[Any]], outcomes: list[Outcome]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            **ids,
+            "text": [o.text for o in outcomes],
+            "status": [o.status for o in outcomes],
+            "reason": [o.reason for o in outcomes],
+            "cached": [o.cached for o in outcomes],
+            "key": [o.key for o in outcomes],
+        }
+    )
+
+
+def run_plan(plan: StagePlan, settings: dict[str, Any], cache: ResultCache, backend: Any, **run: Any) -> pd.DataFrame:
+    """Ask the plan's questions (through the cache) and return a row per item, asked or skipped.
+    ``run``: :func:`~fashionblip2.annotation.runner.annotate`'s keywords (desc, progress, second_chance)."""
+    outcomes = annotate(plan.requests, backend, cache, checker(plan.stage, settings), **run)
+    frame = _frame(plan.ids, outcomes)
+    if plan.skipped and len(next(iter(plan.skipped.values()))):
+        n = len(next(iter(plan.skipped.values())))
+        skipped = _frame(plan.skipped, [Outcome("", None, "failed", CAPTION_FAILED, False)] * n)
+        frame = pd.concat([frame, skipped], ignore_index=True)
+    return frame.reindex(columns=[c for c in OUTCOME_COLUMNS if c in frame.columns])

@@ -1,0 +1,82 @@
+"""The paid-run pilot: its answers go into the full run's cache, so the full run pays only for the rest."""
+
+import pandas as pd
+import pytest
+
+from fashionblip2.annotation.cache import ResultCache
+from fashionblip2.annotation.pilot import PASS, WARN, StageSummary, pilot_table, sample_pairs
+from fashionblip2.annotation.prompts import PromptTemplate
+from fashionblip2.annotation.runner import Prices
+from fashionblip2.annotation.stages import make_backend, plan_captions, plan_modifications, run_plan
+from tests.annotation.test_annotation_api import api_stage, caption_inputs  # noqa: F401  (a fixture)
+from tests.conftest import REPO
+
+
+def annotate_both(pairs, manifest, server, cache):
+    """Caption the pairs' images, then write their modification texts, against the loopback server."""
+    out = {}
+    captions = None
+    for stage, prompt in (("caption", "caption.yaml"), ("modification", "modification.yaml")):
+        settings = {**api_stage(server), "model": f"test-{stage}", "max_words": 150}
+        template = PromptTemplate.load(REPO / "prompts" / prompt)
+        if stage == "caption":
+            plan = plan_captions(pairs, manifest, template, settings)
+        else:
+            plan = plan_modifications(pairs, captions, template, settings)
+        frame = run_plan(plan, settings, cache, make_backend(stage, settings), progress=False)
+        captions = frame if stage == "caption" else captions
+        out[stage] = (frame, plan, settings)
+    return out
+
+
+def test_after_the_pilot_the_full_run_asks_only_what_the_pilot_did_not(server_factory, caption_inputs, tmp_path):  # noqa: F811
+    manifest_path, pairs_path, _ = caption_inputs
+    manifest, pairs = pd.read_parquet(manifest_path), pd.read_parquet(pairs_path)
+    pilot = sample_pairs(pairs, 6, seed=0)
+    assert len(pilot) == 6 and pilot.equals(sample_pairs(pairs, 6, seed=0))  # seeded
+
+    # What the full run asks on its own: its distinct questions.
+    alone = server_factory()
+    annotate_both(pairs, manifest, alone, ResultCache(tmp_path / "alone"))
+    total = len(alone.requests())
+
+    server = server_factory()
+    cache = ResultCache(tmp_path / "cache")
+    done = annotate_both(pilot, manifest, server, cache)
+    asked_by_pilot = len(server.requests())
+    assert 0 < asked_by_pilot < total
+    annotate_both(pairs, manifest, server, cache)
+    assert len(server.requests()) - asked_by_pilot == total - asked_by_pilot  # all - pilot, nothing twice
+    asked = [r["item"] for r in server.requests()]
+    assert len(asked) == len(set(asked)) == total
+
+    # The pilot table: lengths and vocabularies against Table 1, failures, cost and the projection.
+    summaries = {
+        stage: StageSummary(stage, frame, plan.requests, full, True, 0.02)
+        for (stage, (frame, plan, _)), full in zip(done.items(), (len(manifest), len(pairs)), strict=True)
+    }
+    table = pilot_table(summaries["caption"], summaries["modification"], Prices(), budget_usd=1e-9)
+    assert len(table) == 8 and set(table["Verdict"]) <= {PASS, WARN}
+    spent, projected = table.iloc[-2]["Pilot"], table.iloc[-1]["Pilot"]
+    assert spent > 0 and table.iloc[-1]["Verdict"] == WARN  # over a (tiny) budget
+    rest = sum(s.full_items - len(s.frame) for s in summaries.values())
+    per_request = spent / sum(len(s.requests) for s in summaries.values())
+    assert projected == pytest.approx(per_request * rest, rel=0.5)
+
+
+def test_the_pilot_table_warns_on_lengths_far_from_the_paper_and_on_failures():
+    def summary(name, texts, statuses, limit=0.1):
+        frame = pd.DataFrame(
+            {"text": texts, "status": statuses, "reason": ["" if s == "ok" else "too long" for s in statuses]}
+        )
+        return StageSummary(name, frame, [], 100, False, limit)
+
+    long_caption = " ".join(["word"] * 83)  # Table 1: captions average 82.90 words
+    captions = summary("caption", [long_caption] * 10, ["ok"] * 10)
+    short_texts = summary("modification", ["make it red"] * 8 + [None, None], ["ok"] * 8 + ["failed"] * 2)
+    table = pilot_table(captions, short_texts, Prices()).set_index("Check")
+    assert table.loc["average caption length (words)", "Verdict"] == PASS
+    assert table.loc["average modification text length (words)", "Verdict"] == WARN  # 3 words vs 23.38
+    failures = table.loc["modification failures (2 x too long)"]
+    assert failures["Pilot"] == "2 of 10 (20.0%)" and failures["Verdict"] == WARN
+    assert table.loc["cost of the pilot's answers (estimated, USD)", "Pilot"] == 0  # offline backends
