@@ -5,18 +5,27 @@ Triplets whose images are missing are skipped and counted. A killed run resumes 
 with the same data order.
 
 Examples:
-    python workflow_scripts/train_model.py --stage 1 --variant cir_ctr_mh --spec '{"losses": ["cir", "ctr"]}' \\
+    SPEC='{"adapters": true, "losses": ["cir", "ctr"], "matching": "multihead"}'
+    MODEL='{"adapter_factor": 16, "head_dim": 256, "max_text_length": 64, "num_heads": 12}'
+    TRAINING='{"cache_image_features": true, "device": "auto", "gradient_checkpointing": false}'
+    python workflow_scripts/train_model.py --stage 1 --variant cir_ctr_mh --spec "$SPEC" --model-settings "$MODEL" \\
         --start models/backbone --tokenizer models/tokenizer --manifest data/manifest/images.parquet \\
-        --facap data/facap --checkpoints checkpoints/stage1/cir_ctr_mh --out models/stage1/cir_ctr_mh
-    python workflow_scripts/train_model.py --stage 2 --variant cir_ctr_mh --start models/stage1/cir_ctr_mh \\
-        --tokenizer models/tokenizer --manifest data/manifest/images.parquet --fashioniq-root data/raw/fashioniq \\
-        --checkpoints checkpoints/stage2/cir_ctr_mh --out models/stage2/cir_ctr_mh
+        --facap data/facap --run '{"steps": 200, "batch_size": 32, "lr": 0.0005, "seed": 0, "precision": "fp32"}' \\
+        --training "$TRAINING" --checkpoints checkpoints/stage1/cir_ctr_mh --threads 1 \\
+        --data synthetic --run-name default --out models/stage1/cir_ctr_mh
+    python workflow_scripts/train_model.py --stage 2 --variant cir_ctr_mh --spec "$SPEC" --model-settings "$MODEL" \\
+        --start models/stage1/cir_ctr_mh --tokenizer models/tokenizer --manifest data/manifest/images.parquet \\
+        --fashioniq-root data/synthetic/world/fashioniq --categories '["dress", "shirt", "toptee"]' \\
+        --run '{"steps": 100, "batch_size": 32, "lr": 0.0002, "seed": 0, "precision": "fp32"}' \\
+        --training "$TRAINING" --checkpoints checkpoints/stage2/cir_ctr_mh --threads 1 \\
+        --data synthetic --run-name default --out models/stage2/cir_ctr_mh
 """
 
 import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -48,16 +57,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", type=int, choices=[1, 2], required=True)
     parser.add_argument("--variant", required=True, help="the variant's name (recorded)")
-    parser.add_argument("--spec", default="{}", help="JSON: the variant (losses, adapters, matching, facap_fraction)")
+    parser.add_argument("--spec", required=True, help="JSON: the variant (losses, adapters, matching, facap_fraction)")
     parser.add_argument(
-        "--model-settings", default="{}", help="JSON: adapter_factor, num_heads, head_dim, max_text_length"
+        "--model-settings",
+        required=True,
+        help="JSON: adapter_factor, num_heads, head_dim, max_text_length, similarity_scale",
     )
     parser.add_argument("--start", required=True, help="a BLIP-2 checkpoint folder, or (stage 2) a stage-1 model")
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--facap", help="stage 1: the FACap folder")
     parser.add_argument("--fashioniq-root", help="stage 2: the FashionIQ folder (train captions)")
-    parser.add_argument("--categories", default='["dress", "shirt", "toptee"]')
+    parser.add_argument("--categories")
     add_training_run_arguments(parser)
     args = parser.parse_args()
     setup_logging()
@@ -76,11 +87,14 @@ def main() -> None:
         full = len(data)
         if variant.facap_fraction < 1:
             data = data.fraction(variant.facap_fraction, cfg.seed)
+            cfg = replace(cfg, steps=variant.stage1_steps(cfg.steps, len(data), full))
         counts = {"facap_triplets": full, "used": len(data), "fraction": variant.facap_fraction}
     else:
         if not args.fashioniq_root:
             parser.error("stage 2 needs --fashioniq-root")
         available = set(manifest["image_id"])
+        if not args.categories:
+            parser.error("stage 2 needs --categories")
         data = read_fashioniq_split(args.fashioniq_root, "train", json.loads(args.categories), available, report)
         counts = {"fashioniq_train_triplets": len(data)}
     counts["skipped"] = report.summary()

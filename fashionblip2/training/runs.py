@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -42,6 +43,9 @@ class Variant:
     adapters: bool = True
     matching: str = "multihead"
     facap_fraction: float = 1.0  # 0: no FACap stage; stage 2 starts from the pretrained backbone
+    # A FACap subset trains for as many "epochs" as the full set (steps scaled by the fraction, as
+    # "increasing subsets" implies), or for as many "steps" (the subset is seen more often).
+    fraction_budget: str = "epochs"
     label: str = ""
 
     def __post_init__(self):
@@ -52,6 +56,14 @@ class Variant:
             raise ValueError(f"matching must be one of {MATCHING}, not {self.matching!r}")
         if not 0 <= self.facap_fraction <= 1:
             raise ValueError(f"facap_fraction must be in [0, 1], not {self.facap_fraction}")
+        if self.fraction_budget not in ("epochs", "steps"):
+            raise ValueError(f"fraction_budget must be 'epochs' or 'steps', not {self.fraction_budget!r}")
+
+    def stage1_steps(self, steps: int, used: int, full: int) -> int:
+        """Stage-1 steps on ``used`` of the ``full`` FACap triplets: the full set's epochs, or its steps."""
+        if self.fraction_budget == "steps" or used >= full:
+            return steps
+        return max(1, math.ceil(steps * used / full))
 
 
 @dataclass
@@ -62,6 +74,9 @@ class ModelSettings:
     num_heads: int = 12
     head_dim: int = 256
     max_text_length: int = 128
+    # Multi-head similarity as the mean of the head cosines (one temperature fits global and
+    # multi-head alike) or their sum (as first implemented; old checkpoints load as "sum").
+    similarity_scale: str = "per_head"
 
 
 class ImageFeatureCache:
@@ -104,6 +119,7 @@ def build_model(start: str | os.PathLike[str], variant: Variant, settings: Model
             num_heads=settings.num_heads,
             head_dim=settings.head_dim,
             max_text_length=settings.max_text_length,
+            similarity_scale=settings.similarity_scale,
         )
     model.set_stage(stage)
     return model

@@ -48,6 +48,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 10
     schedule: str = "cosine"  # cosine (linear warm-up, cosine decay to 0) | onecycle
+    # torch's defaults; SPRC fine-tunes FashionIQ with eps 1e-7 and a one-cycle div_factor of 100.
+    eps: float = 1e-8
+    onecycle_div_factor: float = 25.0
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_every: int = 50
@@ -67,9 +70,17 @@ class TrainConfig:
     # gradient checkpointing on to fit it) and still resume its checkpoint.
     RUNTIME_FIELDS = ("device", "gradient_checkpointing")
 
+    # Fields added after checkpoints were first written: a checkpoint without one was trained with its default.
+    ADDED_FIELDS = {"eps": 1e-8, "onecycle_div_factor": 25.0}
+
     def resume_key(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed."""
         return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS} | {"betas": list(self.betas)}
+
+    def resumes(self, saved: dict[str, Any]) -> bool:
+        """Whether a checkpoint written with config ``saved`` continues this run."""
+        saved = self.ADDED_FIELDS | {k: v for k, v in saved.items() if k not in self.RUNTIME_FIELDS}
+        return saved == self.resume_key()
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -97,6 +108,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
             max_lr=cfg.lr,
             total_steps=max(cfg.steps, 2),
             pct_start=min(0.3, max(cfg.warmup_steps, 1) / max(cfg.steps, 2)),
+            div_factor=cfg.onecycle_div_factor,
         )
 
     def factor(step: int) -> float:
@@ -156,12 +168,12 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("no parameter requires grad: nothing to train")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
     step = 0
     if (out / CHECKPOINT).exists():
         state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
-        if {k: v for k, v in state["config"].items() if k not in cfg.RUNTIME_FIELDS} != cfg.resume_key():
+        if not cfg.resumes(state["config"]):
             raise TrainingError(
                 f"{out / CHECKPOINT} was written with another training config; "
                 "use a new output folder or the same config"

@@ -121,3 +121,20 @@ def test_trains_fashionblip2_stage_one(tmp_path):
     assert {"loss", "cir", "ctr", "lr", "grad_norm"} <= set(
         json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     )
+
+
+def test_onecycle_starts_at_lr_over_div_factor_as_sprc_sets_it():
+    for div in (25.0, 100.0):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        make_scheduler(
+            opt, TrainConfig(steps=100, warmup_steps=5, lr=2e-5, schedule="onecycle", onecycle_div_factor=div)
+        )
+        assert opt.param_groups[0]["lr"] == pytest.approx(2e-5 / div)
+
+
+def test_a_checkpoint_from_before_the_optimiser_fields_resumes_with_their_defaults():
+    cfg = TrainConfig(steps=10)
+    old = {k: v for k, v in cfg.resume_key().items() if k not in TrainConfig.ADDED_FIELDS} | {"device": "cpu"}
+    assert cfg.resumes(old)
+    assert not TrainConfig(steps=10, eps=1e-7).resumes(old)  # it was trained with eps 1e-8
+    assert not TrainConfig(steps=11).resumes(old)
