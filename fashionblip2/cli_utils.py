@@ -32,12 +32,8 @@ def run_main(main: Callable[[], None]) -> None:
 def add_pairing_selection(parser: argparse.ArgumentParser) -> None:
     """--manifest, --sources, --fashioniq-splits: which manifest images are embedded and paired."""
     parser.add_argument("--manifest", required=True, help="the image manifest (Parquet)")
-    parser.add_argument(
-        "--sources",
-        default='["fashion200k", "deepfashion_mm", "catalogue", "fashioniq"]',
-        help="JSON list of manifest sources to embed and pair",
-    )
-    parser.add_argument("--fashioniq-splits", default='["val"]', help="JSON list of FashionIQ splits to embed and pair")
+    parser.add_argument("--sources", required=True, help="JSON list of manifest sources to embed and pair")
+    parser.add_argument("--fashioniq-splits", required=True, help="JSON list of FashionIQ splits to embed and pair")
 
 
 def selected_images(args: argparse.Namespace):
@@ -51,19 +47,24 @@ def selected_images(args: argparse.Namespace):
     )
 
 
+def add_provenance_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data and --run-name: where an output comes from, recorded in it (the rules pass the config's)."""
+    parser.add_argument("--data", required=True, choices=["synthetic", "real"], help="synthetic or real data")
+    parser.add_argument("--run-name", required=True, help="the config's run_name")
+
+
 def add_training_run_arguments(parser: argparse.ArgumentParser) -> None:
     """What every training script takes: the run's settings, where its checkpoint goes, the threads
     it may use, provenance, and the output folder."""
     parser.add_argument(
-        "--run", default="{}", help="JSON: what changes the model: steps, batch_size, lr, ..., seed, precision"
+        "--run", required=True, help="JSON: what changes the model: steps, batch_size, lr, ..., seed, precision"
     )
     parser.add_argument(
         "--training",
-        default="{}",
+        required=True,
         help="JSON: how it runs, not what it learns: device, gradient_checkpointing, cache_image_features",
     )
     parser.add_argument("--checkpoints", required=True, help="checkpoint folder (kept until the run is complete)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (the rule's threads)")
-    parser.add_argument("--data", default="synthetic", help="synthetic or real: recorded in training.json")
-    parser.add_argument("--run-name", default="manual", help="the config's run_name: recorded in training.json")
+    parser.add_argument("--threads", type=int, required=True, help="CPU threads (the rule's threads)")
+    add_provenance_arguments(parser)
     parser.add_argument("--out", required=True, help="the run folder to write (model, tokenizer, metrics)")

@@ -52,6 +52,14 @@ def training_result_settings(config: dict[str, Any], run: str) -> dict[str, Any]
     return {**config["training"][run], **pick(config["training"], TRAINING_RESULT_KEYS)}
 
 
+MODEL_SETTING_KEYS = ("adapter_factor", "num_heads", "head_dim", "max_text_length", "similarity_scale")
+
+
+def model_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The FashionBLIP-2 head settings a training run builds its model with (model.<key>)."""
+    return pick(config["model"], MODEL_SETTING_KEYS)
+
+
 def training_run_settings(config: dict[str, Any]) -> dict[str, Any]:
     return pick(config["training"], TRAINING_RUNTIME_KEYS)
 
@@ -87,7 +95,7 @@ def configured_paths(config: dict[str, Any]) -> list[tuple[str, str, str]]:
         if section["backend"] == "transformers":
             out.append((f"annotation.{stage}.model_path", section.get("model_path", ""), "folder"))
     if config["embedding"].get("pretrained"):
-        out.append(("embedding.pretrained", config["embedding"]["pretrained"], "file"))
+        out.append(("embedding.pretrained", config["embedding"]["pretrained"], "file or folder"))
     for key in ("backbone", "tokenizer"):
         if config["model"][key] != "train":
             out.append((f"model.{key}", config["model"][key], "folder"))
@@ -172,8 +180,19 @@ def variants(experiments: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for fraction, name in figure5_variants(experiments):
         if base not in declared:
             raise ValueError(f"experiments.figure5.variant: {base!r} is not in experiments.variants")
-        out.setdefault(name, {**declared[base], "facap_fraction": fraction})
+        budget = experiments["figure5"].get("budget", "epochs")
+        out.setdefault(name, {**declared[base], "facap_fraction": fraction, "fraction_budget": budget})
     return out
+
+
+def figure5_caption(experiments: dict[str, Any]) -> str:
+    """What Figure 5's subsets trained for, said under the figure."""
+    if experiments["figure5"].get("budget", "epochs") == "epochs":
+        return (
+            "Each subset trains for as many epochs as the full set (stage-1 steps scaled by the fraction), "
+            "so a point differs from the next only in the data it has seen."
+        )
+    return "Each subset trains for as many steps as the full set (smaller subsets are seen more often)."
 
 
 def has_facap_stage(spec: dict[str, Any]) -> bool:

@@ -44,6 +44,10 @@ CAPTIONS_REPORT = "data/annotation/captions_report.json"
 MODIFICATION_SHARD = "data/annotation/modifications/{shard}.parquet"
 MODIFICATIONS = "data/annotation/modifications.parquet"
 MODIFICATIONS_REPORT = "data/annotation/modifications_report.json"
+PILOT_PAIRS = "data/pilot/pairs.parquet"
+PILOT_CAPTIONS = "data/pilot/captions.parquet"
+PILOT_MODIFICATIONS = "data/pilot/modifications.parquet"
+PILOT_TABLE = "results/tables/pilot.md"
 FACAP = "data/facap"
 ENHFASHIONIQ = "data/enhfashioniq"
 TABLE1 = "results/tables/table1.md"
@@ -169,28 +173,39 @@ def quality_targets():
     return targets
 
 
-def rule_resources(rule_name, key, default):
-    return config.get("resources", {}).get(rule_name, {}).get(key, default)
+def rule_spec(rule_name):
+    """`resources.<rule>` from config: the one place a rule's numbers live."""
+    spec = config["resources"].get(rule_name)
+    if spec is None:
+        raise WorkflowError(f"resources.{rule_name} is missing from the config (every rule has an entry)")
+    return spec
 
 
-def rule_gpus(rule_name, default=0):
+def rule_threads(rule_name):
+    return rule_spec(rule_name)["threads"]
+
+
+def rule_gpus(rule_name):
     """GPUs per job of a rule: resources.<rule>.gpu, or none at all when cluster.use_gpus is false."""
-    return rule_resources(rule_name, "gpu", default) if config["cluster"]["use_gpus"] else 0
+    return rule_spec(rule_name).get("gpu", 0) if config["cluster"]["use_gpus"] else 0
 
 
-def cluster_resources(rule_name, runtime, mem_mb, gpu=0):
-    """A rule's resources: `resources.<rule>` in config overrides the rule's defaults; `cluster:` adds
-    the SLURM partition, account and GPU model (the executor turns these into sbatch options; a
-    local run ignores them, and counts `gpu` only when given `--resources gpu=N`)."""
-    spec = config.get("resources", {}).get(rule_name, {})
+def cluster_resources(rule_name, runtime=None):
+    """A rule's resources from `resources.<rule>`; `runtime` is given only by the rules whose runtime
+    is their work at the stated throughput (a runtime in config still overrides it). `cluster:` adds
+    the SLURM partition, account and GPU model (the executor turns these into sbatch options; a local
+    run ignores them, and counts `gpu` only when given `--resources gpu=N`)."""
+    spec = rule_spec(rule_name)
     cluster = config["cluster"]
-    gpus = rule_gpus(rule_name, gpu)
+    gpus = rule_gpus(rule_name)
     out = {
         "runtime": spec.get("runtime", runtime),
-        "mem_mb": spec.get("mem_mb", mem_mb),
+        "mem_mb": spec["mem_mb"],
         # One CPU per thread unless the config says otherwise.
         "cpus_per_task": spec.get("cpus_per_task") or (lambda wildcards, threads: threads),
     }
+    if out["runtime"] is None:
+        raise WorkflowError(f"resources.{rule_name}.runtime is missing from the config")
     partition = spec.get("slurm_partition") or cluster["gpu_partition" if gpus > 0 else "partition"]
     if partition:
         out["slurm_partition"] = partition
@@ -226,6 +241,10 @@ def figure5_variants():
     return cfg.figure5_variants(config["experiments"])
 
 
+def figure5_caption():
+    return cfg.figure5_caption(config["experiments"])
+
+
 def variants():
     return cfg.variants(config["experiments"])
 
@@ -240,33 +259,48 @@ def has_facap_stage(name):
     return cfg.has_facap_stage(variants()[name])
 
 
+def model_settings(config):
+    return cfg.model_settings(config)
+
+
+def stage_model(stage, variant="{variant}"):
+    """A training stage's model folder (a pattern with the variant left as a wildcard by default)."""
+    return MODEL.format(stage=stage, variant=variant)
+
+
 def stage2_start(wildcards):
     """Stage 2 fine-tunes the stage-1 model, or the backbone itself for a variant trained without FACap."""
-    return f"models/stage1/{wildcards.variant}" if has_facap_stage(wildcards.variant) else backbone_dir()
+    return stage_model("stage1", wildcards.variant) if has_facap_stage(wildcards.variant) else backbone_dir()
 
 
-def evaluation(stage, variant, dataset="fashioniq"):
-    return EVALUATION.format(stage=stage, variant=variant, dataset=dataset)
+def dataset_file(pattern, dataset):
+    """An evaluation file pattern for one evaluation set (stage and variant left as wildcards)."""
+    return expand(pattern, dataset=dataset, allow_missing=True)[0]
 
 
-def evaluations(stage, names):
-    return [evaluation(stage, v, d) for v in names for d in EVAL_DATASETS]
+def evaluations(models):
+    """The evaluation files of (stage, variant) models on every evaluation set, as named inputs:
+    `results` (summaries) and `rankings` (per query), in the same order."""
+    keys = [dict(stage=s, variant=v, dataset=d) for s, v in models for d in EVAL_DATASETS]
+    return {
+        "results": [EVALUATION.format(**k) for k in keys],
+        "rankings": [RANKINGS.format(**k) for k in keys],
+    }
 
 
 def check_experiment_names():
     cfg.check_experiment_names(config["experiments"], config["search"]["variant"])
 
 
-def table_inputs(number):
+def table_inputs(wildcards):
     ex = config["experiments"]
-    if number == 3:
-        return [
-            *evaluations("stage1", [ex["table3"]["without_finetuning"]]),
-            *evaluations("stage2", [ex["table3"]["with_finetuning"]]),
-        ]
-    if number == 4:
-        return evaluations("stage2", [e[k] for e in ex["table4"] for k in ("without_facap", "with_facap")])
-    return evaluations("stage1", ex["table5"]) + evaluations("stage2", ex["table5"])
+    if wildcards.number == "3":
+        models = [("stage1", ex["table3"]["without_finetuning"]), ("stage2", ex["table3"]["with_finetuning"])]
+    elif wildcards.number == "4":
+        models = [("stage2", e[k]) for e in ex["table4"] for k in ("without_facap", "with_facap")]
+    else:
+        models = [(s, v) for s in ("stage1", "stage2") for v in ex["table5"]]
+    return evaluations(models)
 
 
 def table_variants(wildcards):
@@ -334,6 +368,11 @@ RUN = {
     "caption": as_json(annotation_run_settings(config, "caption")),
     "modification": as_json(annotation_run_settings(config, "modification")),
     "prices": as_json(config["annotation"]["prices"]),
+    # The pilot reports its failures instead of stopping on them: they are what it is run to see.
+    "pilot": {
+        stage: as_json({**annotation_run_settings(config, stage), "max_failed_fraction": 1.0})
+        for stage in ("caption", "modification")
+    },
     "embed": "--device {device} --batch-size {batch_size} --workers {loader_workers}".format(**config["embedding"]),
     "evaluation": "--device {device} --batch-size {batch_size}".format(**config["evaluation"]),
     "training": as_json(training_run_settings(config)),

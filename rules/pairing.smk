@@ -11,9 +11,9 @@ rule embed:
         "logs/pairing/embed_{shard}.log",
     conda:
         "../envs/clip.yaml"
-    threads: rule_resources("embed", "threads", 2)
+    threads: rule_threads("embed")
     resources:
-        **cluster_resources("embed", runtime=embed_runtime, mem_mb=8000, gpu=1),
+        **cluster_resources("embed", runtime=embed_runtime),
     params:
         shards=config["embedding"]["shards"],
         sources=json.dumps(config["pairing"]["sources"]),
@@ -42,7 +42,7 @@ rule gather_embeddings:
         "../envs/data.yaml"
     threads: 1
     resources:
-        **cluster_resources("gather_embeddings", runtime=30, mem_mb=8000),
+        **cluster_resources("gather_embeddings"),
     params:
         model=config["embedding"]["model"],
         pretrained=config["embedding"]["pretrained"],
@@ -64,9 +64,9 @@ rule pair:
         "logs/pairing/pair.log",
     conda:
         "../envs/clip.yaml"
-    threads: rule_resources("pair", "threads", 2)
+    threads: rule_threads("pair")
     resources:
-        **cluster_resources("pair", runtime=120, mem_mb=16000),
+        **cluster_resources("pair"),
     params:
         sources=json.dumps(config["pairing"]["sources"]),
         fashioniq_splits=json.dumps(config["pairing"]["fashioniq_splits"]),

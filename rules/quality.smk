@@ -13,7 +13,7 @@ rule quality_sample:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("quality_sample", runtime=10, mem_mb=4000),
+        **cluster_resources("quality_sample"),
     params:
         datasets=quality_sample_arguments,
         split=config["quality"]["fashioniq_split"],
@@ -38,7 +38,7 @@ rule quality_kit:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("quality_kit", runtime=10, mem_mb=4000),
+        **cluster_resources("quality_kit"),
     params:
         annotators=config["quality"]["annotators"],
         seed=config["quality"]["seed"],
@@ -62,7 +62,7 @@ rule auto_annotate:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("auto_annotate", runtime=10, mem_mb=4000),
+        **cluster_resources("auto_annotate"),
     params:
         annotators=config["quality"]["automatic"]["annotators"],
         noise=config["quality"]["automatic"]["noise"],
@@ -86,7 +86,7 @@ rule table2:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("table2", runtime=10, mem_mb=2000),
+        **cluster_resources("table2"),
     params:
         stem=subpath(output.md, strip_suffix=".md"),
         automatic="--automatic" if uses_automatic_annotators() else "",

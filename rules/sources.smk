@@ -15,7 +15,7 @@ rule download:
     conda:
         "../envs/data.yaml"
     resources:
-        **cluster_resources("download", runtime=1440, mem_mb=2000),
+        **cluster_resources("download"),
     params:
         entries=lambda wildcards: json.dumps(download_entries(wildcards)),
         partial_dir=run_only(config["downloads"]["partial_dir"]),
@@ -36,9 +36,9 @@ rule synthetic_world:
         "logs/sources/synthetic_world.log",
     conda:
         "../envs/data.yaml"
-    threads: rule_resources("synthetic_world", "threads", 1)
+    threads: rule_threads("synthetic_world")
     resources:
-        **cluster_resources("synthetic_world", runtime=30, mem_mb=2000),
+        **cluster_resources("synthetic_world"),
     params:
         spec=json.dumps(config["synthetic"], sort_keys=True),
     shell:
@@ -58,9 +58,9 @@ rule manifest:
         "logs/sources/manifest.log",
     conda:
         "../envs/data.yaml"
-    threads: rule_resources("manifest", "threads", 2)
+    threads: rule_threads("manifest")
     resources:
-        **cluster_resources("manifest", runtime=120, mem_mb=8000),
+        **cluster_resources("manifest"),
     params:
         sources=json.dumps(resolved_sources(), sort_keys=True),
         verify=config["manifest"]["verify_images"],

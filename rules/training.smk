@@ -16,9 +16,9 @@ rule tokenizer:
         "logs/training/tokenizer.log",
     conda:
         "../envs/train.yaml"
-    threads: rule_resources("tokenizer", "threads", 1)
+    threads: rule_threads("tokenizer")
     resources:
-        **cluster_resources("tokenizer", runtime=10, mem_mb=2000),
+        **cluster_resources("tokenizer"),
     params:
         vocab_size=config["model"]["vocab_size"],
         max_length=config["model"]["max_text_length"],
@@ -38,9 +38,9 @@ rule pretrain:
         "logs/training/pretrain.log",
     conda:
         "../envs/train.yaml"
-    threads: rule_resources("pretrain", "threads", 1)
+    threads: rule_threads("pretrain")
     resources:
-        **cluster_resources("pretrain", runtime=training_runtime("pretrain"), mem_mb=16000, gpu=0),
+        **cluster_resources("pretrain", runtime=training_runtime("pretrain")),
     params:
         run=as_json(training_result_settings(config, "pretrain")),
         image_size=config["model"]["image_size"],
@@ -63,19 +63,17 @@ rule train_stage1:
         start=backbone_dir(),
         tokenizer=tokenizer_dir(),
     output:
-        directory("models/stage1/{variant}"),
+        directory(stage_model("stage1")),
     log:
         "logs/training/stage1_{variant}.log",
     conda:
         "../envs/train.yaml"
-    threads: rule_resources("train_stage1", "threads", 1)
+    threads: rule_threads("train_stage1")
     resources:
-        **cluster_resources("train_stage1", runtime=training_runtime("stage1"), mem_mb=32000, gpu=0),
+        **cluster_resources("train_stage1", runtime=training_runtime("stage1")),
     params:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
-        model=json.dumps(
-            {k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}
-        ),
+        model=as_json(model_settings(config)),
         run=as_json(training_result_settings(config, "stage1")),
         launcher=run_only(RUN["launcher"]["train_stage1"]),
         run_settings=run_only(RUN["training"]),
@@ -96,19 +94,17 @@ rule train_stage2:
         start=stage2_start,
         tokenizer=tokenizer_dir(),
     output:
-        directory("models/stage2/{variant}"),
+        directory(stage_model("stage2")),
     log:
         "logs/training/stage2_{variant}.log",
     conda:
         "../envs/train.yaml"
-    threads: rule_resources("train_stage2", "threads", 1)
+    threads: rule_threads("train_stage2")
     resources:
-        **cluster_resources("train_stage2", runtime=training_runtime("stage2"), mem_mb=32000, gpu=0),
+        **cluster_resources("train_stage2", runtime=training_runtime("stage2")),
     params:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
-        model=json.dumps(
-            {k: config["model"][k] for k in ("adapter_factor", "num_heads", "head_dim", "max_text_length")}
-        ),
+        model=as_json(model_settings(config)),
         run=as_json(training_result_settings(config, "stage2")),
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["evaluation"]["categories"]),

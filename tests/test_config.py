@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ from fashionblip2.config import (
     annotation_run_settings,
     check_experiment_names,
     check_paths,
+    figure5_caption,
     fraction_variant,
     path_problems,
     resolved_sources,
@@ -53,7 +55,7 @@ def test_every_missing_path_is_named_by_its_key(config, tmp_path):
         "sources.catalogue.path: 'shop.csv' does not exist (expected a file)",
         "annotation.caption.model_path: 'models/vlm' is not a folder (expected a folder)",
         "annotation.modification.prompt: 'prompts/nope.yaml' does not exist (expected a file)",
-        "embedding.pretrained: 'models/clip.bin' does not exist (expected a file)",
+        "embedding.pretrained: 'models/clip.bin' does not exist (expected a file or folder)",
         "model.backbone: 'models/blip2' does not exist (expected a folder)",
     ]
     with pytest.raises(ValueError, match="the config names paths that are not there"):
@@ -121,6 +123,22 @@ def test_figure5_fractions_expand_into_named_variants_of_their_base(config):
     check_experiment_names(experiments, config["search"]["variant"])
 
 
+def test_figure5_subsets_train_for_the_full_sets_epochs_by_default(config):
+    from fashionblip2.training.runs import Variant
+
+    experiments = config["experiments"]
+    name = fraction_variant(experiments["figure5"]["variant"], 0.25)
+    subset = Variant(**variants(experiments)[name])
+    assert subset.fraction_budget == "epochs"
+    assert subset.stage1_steps(200, used=177, full=706) == 51  # ceil(200 * 177 / 706): the full set's epochs
+    assert "as many epochs as the full set" in figure5_caption(experiments)
+    steps = copy.deepcopy(experiments)
+    steps["figure5"]["budget"] = "steps"
+    assert Variant(**variants(steps)[name]).stage1_steps(200, used=177, full=706) == 200
+    assert "as many steps" in figure5_caption(steps)
+    assert Variant().stage1_steps(200, used=706, full=706) == 200
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -134,3 +152,52 @@ def test_an_undeclared_or_impossible_variant_is_refused(config, edit, message):
     edit(experiments)
     with pytest.raises(ValueError, match=message):
         check_experiment_names(experiments, config["search"]["variant"])
+
+
+# Keys config.yaml may leave out, and why: the SLURM extras, the GPU count and the threads have a
+# meaning when absent (the cluster's default, no GPU, a one-thread rule); a GPU rule's runtime is
+# its work at `throughput`; the local-model keys of the shared annotation section mean nothing to
+# the modification stage.
+OPTIONAL_KEYS = {"cpus_per_task", "slurm_partition", "gpu", "threads"}
+COMPUTED_RUNTIMES = {"embed", "caption", "pretrain", "train_stage1", "train_stage2", "evaluate", "search_index"}
+CAPTION_ONLY = {"model_path", "batch_size", "device"}
+
+
+def schema_keys_missing_from(config: dict) -> list[str]:
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())
+
+    def resolve(node: dict) -> dict:
+        return resolve(schema["$defs"][node["$ref"].split("/")[-1]]) if "$ref" in node else node
+
+    missing = []
+
+    def walk(node: dict, value: dict, path: str) -> None:
+        for key, sub in resolve(node).get("properties", {}).items():
+            where = f"{path}.{key}" if path else key
+            if key in value:
+                if isinstance(value[key], dict):
+                    walk(sub, value[key], where)
+                continue
+            optional = (
+                key in OPTIONAL_KEYS
+                or (path.startswith("resources.") and key == "runtime" and path.split(".")[-1] in COMPUTED_RUNTIMES)
+                or (path == "annotation.modification" and key in CAPTION_ONLY)
+            )
+            if not optional:
+                missing.append(where)
+
+    walk(schema, config, "")
+    return missing
+
+
+def test_every_setting_has_one_owner_config_yaml():
+    """The defaults live in config.yaml only: the schema checks them and holds none (but for the
+    fields of user-written list entries, which config.yaml cannot hold), and config.yaml names
+    every key, so no script or library default decides a workflow setting."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert schema_keys_missing_from(config) == []
+    schema_text = (REPO / "config/schema.yaml").read_text()
+    defaults = [line.strip() for line in schema_text.splitlines() if "default:" in line]
+    assert defaults == ["kind: {enum: [file, archive, image_list], default: file}"], defaults
+    rules = re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M)
+    assert sorted(config["resources"]) == sorted(rules)  # every rule's numbers, and only there

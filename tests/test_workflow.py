@@ -1,6 +1,7 @@
 """The real Snakefile, run by Snakemake on the tiny preset in a temporary copy of the workflow."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -83,6 +84,12 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
         assert "reported by the paper" in text and "this run (synthetic data)" in text and "commit:" in text
     table3 = (workflow_copy / "results/tables/table3.md").read_text()
     assert "chance (random ranking)" in table3 and "TG-CIR †" in table3 and "do not add up in the paper" in table3
+    # Every computed number with its interval; the comparisons with their paired tests.
+    assert "±" in table3 and "## Differences: paired, on the same queries" in table3
+    t5 = pd.read_csv(workflow_copy / "results/tables/table5.csv")
+    assert {"no fine-tuning FIQ low", "no fine-tuning FIQ high"} <= set(t5.columns)
+    diff5 = pd.read_csv(workflow_copy / "results/tables/table5_differences.csv")
+    assert len(diff5) == 2 * 2 * 3 and {"Avg difference low", "p (permutation)"} <= set(diff5.columns)
     for fig in ("figure5.png", "figure6.png"):
         assert (workflow_copy / "results/figures" / fig).stat().st_size > 1000
     fig5 = pd.read_csv(workflow_copy / "results/figures/figure5.csv")
@@ -94,6 +101,8 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
     assert training["variant"]["losses"] == ["cir", "ctr"] and training["training"]["steps"] == 3
     half = json.loads((workflow_copy / "models/stage1/cir_ctr_mh_facap50/training.json").read_text())
     assert half["data"]["used"] == round(half["data"]["facap_triplets"] / 2)
+    # Figure 5's subsets train for as many epochs as the full set, not as many steps.
+    assert half["training"]["steps"] == math.ceil(3 * half["data"]["used"] / half["data"]["facap_triplets"])
     assert not any((workflow_copy / "checkpoints").rglob("checkpoint.pt"))  # dropped once a run is complete
 
     # `fashionblip2 search` on the demo outputs.
@@ -153,6 +162,14 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
     assert re.search(r"^table\s+1$", alone.stdout + alone.stderr, flags=re.M)
     assert re.search(r"^total\s+1$", alone.stdout + alone.stderr, flags=re.M)
     assert (workflow_copy / "results/tables/table5.tex").exists()
+
+    # The pilot: a sample of the pairs through the same backends and cache (nothing asked again here).
+    snakemake(workflow_copy, "--cores", "2", "pilot", "--configfile", "config/presets/test.yaml")
+    pilot = pd.read_csv(workflow_copy / "results/tables/pilot.csv")
+    assert len(pilot) == 8 and set(pilot["Verdict"]) <= {"pass", "warn"}
+    texts = pd.read_parquet(workflow_copy / "data/pilot/modifications.parquet")
+    assert texts.loc[texts["status"] == "ok", "cached"].all()  # answered from the full run's cache
+    assert len(list((workflow_copy / "data/cache").rglob("*.json"))) == cached
 
     # Forcing the annotation stages again makes no model call: every answer comes from the cache.
     # (Last: the rewritten annotation files would make everything downstream stale.)
@@ -367,6 +384,14 @@ def test_a_bad_source_root_fails_with_a_clear_message(tmp_path):
             str(tmp_path / "r.json"),
             "--issues",
             str(tmp_path / "x.tsv"),
+            "--verify",
+            "exists",
+            "--threads",
+            "1",
+            "--run-name",
+            "test",
+            "--data",
+            "real",
             "--no-progress",
         ],
         capture_output=True,

@@ -3,12 +3,14 @@
 from the pairs, captions and modification texts.
 
 Examples:
+    ANNOTATION='{"caption": {"backend": "metadata", "model": ""}, "modification": {"backend": "rules"}}'
     python workflow_scripts/assemble_datasets.py facap --pairs data/pairs/pairs.parquet \\
         --captions data/annotation/captions.parquet --modifications data/annotation/modifications.parquet \\
-        --out data/facap
+        --sources '["fashion200k", "deepfashion_mm", "catalogue"]' --annotation "$ANNOTATION" \\
+        --data synthetic --run-name default --out data/facap
     python workflow_scripts/assemble_datasets.py enhfashioniq --pairs data/pairs/pairs.parquet \\
-        --modifications data/annotation/modifications.parquet --fashioniq-root data/raw/fashioniq \\
-        --out data/enhfashioniq
+        --modifications data/annotation/modifications.parquet --fashioniq-root data/synthetic/world/fashioniq \\
+        --annotation "$ANNOTATION" --data synthetic --run-name default --out data/enhfashioniq
 """
 
 import argparse
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.datasets.assembly import assemble_enhfashioniq, assemble_facap  # noqa: E402
 
@@ -34,13 +36,11 @@ def main() -> None:
     parser.add_argument("--modifications", required=True)
     parser.add_argument(
         "--sources",
-        default='["fashion200k", "deepfashion_mm", "catalogue"]',
-        help="facap: JSON list of the sources it is built from",
+        help="facap: JSON list of the sources it is built from (facap.sources)",
     )
     parser.add_argument("--fashioniq-root", help="enhfashioniq: the FashionIQ folder (its image_splits are copied)")
-    parser.add_argument("--annotation", default="{}", help="the config's annotation section (JSON), for the data card")
-    parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--run-name", default="manual")
+    parser.add_argument("--annotation", required=True, help="the config's annotation section (JSON), for the data card")
+    add_provenance_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args()
     setup_logging()
@@ -53,6 +53,8 @@ def main() -> None:
     }
     pairs, modifications = pd.read_parquet(args.pairs), pd.read_parquet(args.modifications)
     if args.dataset == "facap":
+        if not args.sources:
+            parser.error("facap needs --sources")
         card = assemble_facap(
             pairs, pd.read_parquet(args.captions), modifications, json.loads(args.sources), args.out, card
         )

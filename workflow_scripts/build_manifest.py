@@ -5,7 +5,8 @@ record that was skipped or repaired (with its file and line).
 
 Example:
     python workflow_scripts/build_manifest.py \\
-        --sources '{"fashioniq": {"root": "data/raw/fashioniq"}}' \\
+        --sources '{"fashioniq": {"enabled": true, "root": "data/synthetic/world/fashioniq"}}' \\
+        --verify decode --threads 1 --data synthetic --run-name default \\
         --images data/manifest/images.parquet --triplets data/manifest/fashioniq_triplets.parquet \\
         --report data/manifest/report.json --issues data/manifest/issues.tsv
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.images import VERIFY_LEVELS  # noqa: E402
 from fashionblip2.common.io import atomic_path, write_json_atomic, write_parquet_atomic  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
@@ -28,11 +29,10 @@ from fashionblip2.sources.manifest import build_manifest, manifest_summary  # no
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", required=True, help="the config's `sources` section as JSON, roots resolved")
-    parser.add_argument("--verify", choices=VERIFY_LEVELS, default="decode", help="how thoroughly to check images")
+    parser.add_argument("--verify", required=True, choices=VERIFY_LEVELS, help="how thoroughly to check images")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
-    parser.add_argument("--threads", type=int, default=1, help="processes for the image checks")
-    parser.add_argument("--data", choices=["synthetic", "real"], help="recorded in the report (default: guessed)")
-    parser.add_argument("--run-name", default="manual", help="recorded in the report")
+    parser.add_argument("--threads", required=True, type=int, help="processes for the image checks")
+    add_provenance_arguments(parser)
     parser.add_argument("--images", required=True, help="output: the image manifest (Parquet)")
     parser.add_argument("--triplets", required=True, help="output: FashionIQ triplets whose images exist (Parquet)")
     parser.add_argument("--report", required=True, help="output: counts and provenance (JSON)")
@@ -46,10 +46,8 @@ def main() -> None:
     result = build_manifest(
         sources, verify=args.verify, strict=args.strict, workers=args.threads, progress=not args.no_progress
     )
-    guessed = "synthetic" if any("synthetic" in str(s.get("root", "")) for s in sources.values()) else "real"
-    data = args.data or guessed
     summary = manifest_summary(
-        result, {"provenance": provenance(data, args.run_name), "sources": sources, "verify_images": args.verify}
+        result, {"provenance": provenance(args.data, args.run_name), "sources": sources, "verify_images": args.verify}
     )
     write_parquet_atomic(args.images, result.images)
     write_parquet_atomic(args.triplets, result.triplets)

@@ -5,7 +5,7 @@ model and write a FAISS exact inner-product index with the image ids and paths.
 Example:
     python workflow_scripts/build_search_index.py --model models/stage2/cir_mh \\
         --manifest data/manifest/images.parquet --sources '["fashioniq"]' --splits '["val"]' \\
-        --out results/index/stage2/cir_mh
+        --device auto --batch-size 64 --threads 1 --out results/index/stage2/cir_mh
 """
 
 import argparse
@@ -32,11 +32,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--manifest", required=True)
-    parser.add_argument("--sources", default='["fashioniq"]', help="JSON list of manifest sources to index")
-    parser.add_argument("--splits", default='["val"]', help="JSON list of manifest splits to index")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--sources", required=True, help="JSON list of manifest sources to index")
+    parser.add_argument("--splits", required=True, help="JSON list of manifest splits to index")
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--batch-size", required=True, type=int)
+    parser.add_argument("--threads", required=True, type=int)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     setup_logging()

@@ -4,9 +4,10 @@ transfers with a progress bar, SHA-256 checks, archives unpacked; writes the sou
 download_report.json in it (images of an image list that could not be fetched are listed there).
 
 Example:
-    python workflow_scripts/download_source.py --source fashioniq \\
-        --entries '[{"url": "https://example.org/cap.val.json", "sha256": "...", "path": "captions/cap.val.json"}]' \\
-        --partial-dir data/downloads --out data/downloaded/fashioniq
+    python workflow_scripts/download_source.py --source fashioniq --entries '[{"path": "captions/cap.dress.val.json",
+        "url": "https://raw.githubusercontent.com/XiaoxiaoGuo/fashion-iq/master/captions/cap.dress.val.json",
+        "sha256": "5e5117d45695df9c3ca91fac3e0bc49e6422ae9c8b3793f0ac9b3ab83adb7de9"}]' \\
+        --partial-dir data/downloads --timeout 60 --retries 3 --backoff 2 --out data/downloaded/fashioniq
 """
 
 import argparse
@@ -32,9 +33,9 @@ def main() -> None:
     )
     parser.add_argument("--partial-dir", required=True, help="partial transfers and finished archives (kept)")
     parser.add_argument("--out", required=True, help="output: the source folder")
-    parser.add_argument("--timeout", type=float, default=60, help="seconds without data before a retry")
-    parser.add_argument("--retries", type=int, default=3)
-    parser.add_argument("--backoff", type=float, default=2, help="first wait between retries (doubles)")
+    parser.add_argument("--timeout", required=True, type=float, help="seconds without data before a retry")
+    parser.add_argument("--retries", required=True, type=int)
+    parser.add_argument("--backoff", required=True, type=float, help="first wait between retries (doubles)")
     args = parser.parse_args()
     setup_logging()
     settings = DownloadSettings(Path(args.partial_dir), args.timeout, args.retries, args.backoff)

@@ -5,8 +5,9 @@ Images that fail to decode are skipped and recorded in the shard file with the r
 
 Example:
     python workflow_scripts/embed_images.py --manifest data/manifest/images.parquet \\
-        --shard 0 --shards 4 --model ViT-L-14 --pretrained /models/clip/vit-l-14.bin \\
-        --out data/embeddings/shards/0.npz
+        --sources '["fashion200k", "deepfashion_mm", "catalogue", "fashioniq"]' --fashioniq-splits '["val"]' \\
+        --shard 0 --shards 2 --model FACap-tiny-ViT --pretrained '' --precision fp32 --seed 0 \\
+        --device auto --batch-size 64 --workers 2 --threads 1 --out data/embeddings/shards/0.npz
 """
 
 import argparse
@@ -30,13 +31,13 @@ def main() -> None:
     parser.add_argument("--shard", type=int, required=True, help="which shard, from 0")
     parser.add_argument("--shards", type=int, required=True, help="how many shards in all")
     parser.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-L-14 or FACap-tiny-ViT")
-    parser.add_argument("--pretrained", default="", help="local checkpoint file; empty: random init")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds a randomly initialised model")
+    parser.add_argument("--pretrained", required=True, help="local checkpoint file; empty: random init")
+    parser.add_argument("--device", required=True, help="auto, cpu or cuda[:N]")
+    parser.add_argument("--precision", required=True, choices=["fp32", "bf16"])
+    parser.add_argument("--batch-size", required=True, type=int)
+    parser.add_argument("--workers", required=True, type=int, help="DataLoader processes decoding images")
+    parser.add_argument("--threads", required=True, type=int, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", required=True, type=int, help="seeds a randomly initialised model")
     parser.add_argument("--out", required=True, help="output shard (.npz)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()

@@ -2,7 +2,9 @@
 """Join the shards of an annotation stage and report what failed, and why.
 
 Example:
-    python workflow_scripts/gather_annotations.py --shards data/annotation/captions/0.parquet \\
+    python workflow_scripts/gather_annotations.py \\
+        --shards data/annotation/captions/0.parquet data/annotation/captions/1.parquet \\
+        --settings '{"backend": "metadata", "max_new_tokens": 128, "max_words": 150, "temperature": 0.2}' \\
         --out data/annotation/captions.parquet --report data/annotation/captions_report.json
 """
 
@@ -23,7 +25,7 @@ from fashionblip2.common.io import write_json_atomic, write_parquet_atomic  # no
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", nargs="+", required=True)
-    parser.add_argument("--settings", default="{}", help="the stage's config section (JSON), recorded in the report")
+    parser.add_argument("--settings", required=True, help="the stage's config section (JSON), recorded in the report")
     parser.add_argument("--out", required=True)
     parser.add_argument("--report", required=True)
     args = parser.parse_args()

@@ -3,7 +3,8 @@
 
 Example:
     python workflow_scripts/gather_embeddings.py --shards data/embeddings/shards/0.npz data/embeddings/shards/1.npz \\
-        --out data/embeddings/images.npz --report data/embeddings/report.json
+        --out data/embeddings/images.npz --report data/embeddings/report.json \\
+        --model FACap-tiny-ViT --pretrained '' --data synthetic --run-name default
 """
 
 import argparse
@@ -13,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import write_json_atomic  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.pairing.embedding_file import EmbeddingFile  # noqa: E402
@@ -24,10 +25,9 @@ def main() -> None:
     parser.add_argument("--shards", nargs="+", required=True, help="shard files, in order")
     parser.add_argument("--out", required=True, help="output: all embeddings (.npz)")
     parser.add_argument("--report", required=True, help="output: counts and failures (JSON)")
-    parser.add_argument("--model", default="", help="recorded in the report")
-    parser.add_argument("--pretrained", default="", help="recorded in the report")
-    parser.add_argument("--data", default="synthetic", help="synthetic or real, recorded in the report")
-    parser.add_argument("--run-name", default="manual")
+    parser.add_argument("--model", required=True, help="recorded in the report")
+    parser.add_argument("--pretrained", required=True, help="recorded in the report")
+    add_provenance_arguments(parser)
     args = parser.parse_args()
     setup_logging()
     merged = EmbeddingFile.concatenate([EmbeddingFile.load(p) for p in args.shards])

@@ -6,7 +6,8 @@ Items appear in a per-annotator shuffled order; the dataset of an item is never 
 
 Example:
     python workflow_scripts/make_annotation_kit.py --sample results/quality/sample \\
-        --manifest data/manifest/images.parquet --annotators 3 --seed 0 --out results/quality/kit
+        --manifest data/manifest/images.parquet --annotators 3 --seed 0 --image-size 320 \\
+        --out results/quality/kit
 """
 
 import argparse
@@ -28,9 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sample", required=True, help="the quality sample folder (items.csv)")
     parser.add_argument("--manifest", required=True, help="the image manifest (Parquet)")
-    parser.add_argument("--annotators", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0, help="seeds each annotator's item order")
-    parser.add_argument("--image-size", type=int, default=320, help="longest side of the images shown (pixels)")
+    parser.add_argument("--annotators", required=True, type=int)
+    parser.add_argument("--seed", required=True, type=int, help="seeds each annotator's item order")
+    parser.add_argument("--image-size", required=True, type=int, help="longest side of the images shown (pixels)")
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args()
     setup_logging()

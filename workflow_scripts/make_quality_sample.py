@@ -6,8 +6,9 @@ in images/, and report.json.
 
 Example:
     python workflow_scripts/make_quality_sample.py --manifest data/manifest/images.parquet \\
-        --facap data/facap --fashioniq-root data/raw/fashioniq --enhfashioniq data/enhfashioniq \\
-        --size 216 --seed 0 --out results/quality/sample
+        --facap data/facap --fashioniq-root data/synthetic/world/fashioniq --enhfashioniq data/enhfashioniq \\
+        --fashioniq-split val --categories '["dress", "shirt", "toptee"]' --size 216 --seed 0 \\
+        --data synthetic --run-name default --out results/quality/sample
 """
 
 import argparse
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import atomic_directory, write_json_atomic  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
@@ -37,12 +38,11 @@ def main() -> None:
     parser.add_argument("--facap", help="the FACap folder (left out if not given)")
     parser.add_argument("--fashioniq-root", help="the FashionIQ folder (left out if not given)")
     parser.add_argument("--enhfashioniq", help="the enhFashionIQ folder (left out if not given)")
-    parser.add_argument("--fashioniq-split", default="val", help="the FashionIQ split sampled")
-    parser.add_argument("--categories", default='["dress", "shirt", "toptee"]', help="JSON list")
-    parser.add_argument("--size", type=int, default=216, help="triplets per dataset (all when fewer)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--run-name", default="manual")
+    parser.add_argument("--fashioniq-split", required=True, help="the FashionIQ split sampled")
+    parser.add_argument("--categories", required=True, help="JSON list")
+    parser.add_argument("--size", required=True, type=int, help="triplets per dataset (all when fewer)")
+    parser.add_argument("--seed", required=True, type=int)
+    add_provenance_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args()
     setup_logging()

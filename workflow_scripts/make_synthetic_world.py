@@ -21,9 +21,7 @@ from fashionblip2.synthetic import WorldSpec, generate_world  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--spec", default="{}", help="the config's `synthetic` section as JSON (defaults for missing keys)"
-    )
+    parser.add_argument("--spec", required=True, help="the config's `synthetic` section as JSON")
     parser.add_argument("--out", required=True, help="folder to write the three dataset trees and world.json into")
     parser.add_argument("--ground-truth", required=True, help="Parquet file for the true attributes (evaluation only)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

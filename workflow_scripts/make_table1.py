@@ -3,8 +3,8 @@
 computed from the files, beside the rows the paper reports.
 
 Example:
-    python workflow_scripts/make_table1.py --facap data/facap --fashioniq-root data/raw/fashioniq \\
-        --out results/tables/table1
+    python workflow_scripts/make_table1.py --facap data/facap --fashioniq-root data/synthetic/world/fashioniq \\
+        --data synthetic --run-name default --out results/tables/table1
 """
 
 import argparse
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.datasets.table1 import TOKENISATION, facap_rows, fashioniq_row, table1  # noqa: E402
@@ -25,8 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--facap", required=True, help="the FACap folder")
     parser.add_argument("--fashioniq-root", required=True, help="the FashionIQ folder (its train captions)")
-    parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--run-name", default="manual")
+    add_provenance_arguments(parser)
     parser.add_argument("--out", required=True, help="output stem: writes <stem>.md and <stem>.csv")
     args = parser.parse_args()
     setup_logging()

@@ -6,7 +6,8 @@ with its name and line, and no table is written.
 
 Example:
     python workflow_scripts/make_table2.py --sample results/quality/sample \\
-        --annotations filled/alice.csv filled/bob.csv filled/carol.csv --out results/tables/table2
+        --annotations filled/alice.csv filled/bob.csv filled/carol.csv \\
+        --data synthetic --run-name default --out results/tables/table2
 """
 
 import argparse
@@ -16,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.quality.table2 import quality_table, read_annotations, read_sample  # noqa: E402
 from fashionblip2.results.writing import write_table  # noqa: E402
@@ -35,8 +36,7 @@ def main() -> None:
     parser.add_argument("--sample", required=True, help="the quality sample folder (items.csv)")
     parser.add_argument("--annotations", nargs="+", required=True, help="filled score CSVs, or folders of them")
     parser.add_argument("--automatic", action="store_true", help="the score files come from the automatic annotator")
-    parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--run-name", default="manual")
+    add_provenance_arguments(parser)
     parser.add_argument("--out", required=True, help="output stem: writes <stem>.md and <stem>.csv")
     args = parser.parse_args()
     setup_logging()

@@ -5,7 +5,10 @@ of the chosen pairs per group.
 
 Example:
     python workflow_scripts/pair_images.py --manifest data/manifest/images.parquet \\
-        --embeddings data/embeddings/images.npz --pairs data/pairs/pairs.parquet --report data/pairs/report.json
+        --embeddings data/embeddings/images.npz \\
+        --sources '["fashion200k", "deepfashion_mm", "catalogue", "fashioniq"]' --fashioniq-splits '["val"]' \\
+        --top-k 20 --seed 0 --engine blocked --block 8192 --data synthetic --run-name default \\
+        --pairs data/pairs/pairs.parquet --report data/pairs/report.json
 """
 
 import argparse
@@ -16,7 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-from fashionblip2.cli_utils import add_pairing_selection, run_main, selected_images, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import (  # noqa: E402
+    add_pairing_selection,
+    add_provenance_arguments,
+    run_main,
+    selected_images,
+    setup_logging,
+)
 from fashionblip2.common.io import write_json_atomic, write_parquet_atomic  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.pairing.embedding_file import EmbeddingFile  # noqa: E402
@@ -32,12 +41,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pairing_selection(parser)
     parser.add_argument("--embeddings", required=True)
-    parser.add_argument("--top-k", type=int, default=20, help="the partner is drawn among this many neighbours")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engine", choices=ENGINES, default="blocked", help="exact search engine")
-    parser.add_argument("--block", type=int, default=8192, help="rows per block of the blocked engine")
-    parser.add_argument("--data", default="synthetic", help="synthetic or real, recorded in the report")
-    parser.add_argument("--run-name", default="manual")
+    parser.add_argument("--top-k", required=True, type=int, help="the partner is drawn among this many neighbours")
+    parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument("--engine", required=True, choices=ENGINES, help="exact search engine")
+    parser.add_argument("--block", required=True, type=int, help="rows per block of the blocked engine")
+    add_provenance_arguments(parser)
     parser.add_argument("--pairs", required=True, help="output: the pairs (Parquet)")
     parser.add_argument("--report", required=True, help="output: counts and similarity distributions (JSON)")
     parser.add_argument("--no-progress", action="store_true")

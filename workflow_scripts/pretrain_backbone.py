@@ -6,8 +6,10 @@ A killed run resumes from its checkpoint.
 
 Example:
     python workflow_scripts/pretrain_backbone.py --manifest data/manifest/images.parquet \\
-        --tokenizer models/tokenizer --run '{"steps": 400, "batch_size": 32, "lr": 0.001}' \\
-        --checkpoints checkpoints/backbone --out models/backbone
+        --tokenizer models/tokenizer --image-size 64 --max-text-length 64 \\
+        --run '{"steps": 400, "batch_size": 32, "lr": 0.001, "warmup_steps": 20, "seed": 0, "precision": "fp32"}' \\
+        --training '{"cache_image_features": true, "device": "auto", "gradient_checkpointing": false}' \\
+        --checkpoints checkpoints/backbone --threads 1 --data synthetic --run-name default --out models/backbone
 """
 
 import argparse
@@ -43,8 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--tokenizer", required=True, help="a tokenizer folder")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--max-text-length", type=int, default=64)
+    parser.add_argument("--image-size", required=True, type=int)
+    parser.add_argument("--max-text-length", required=True, type=int)
     add_training_run_arguments(parser)
     args = parser.parse_args()
     setup_logging()

@@ -5,7 +5,8 @@ general images, FACap's modification texts and captions, and FashionIQ's trainin
 
 Example:
     python workflow_scripts/train_tokenizer.py --manifest data/manifest/images.parquet --facap data/facap \\
-        --fashioniq-triplets data/manifest/fashioniq_triplets.parquet --vocab-size 1000 --out models/tokenizer
+        --fashioniq-triplets data/manifest/fashioniq_triplets.parquet --vocab-size 1000 --max-length 64 \\
+        --out models/tokenizer
 """
 
 import argparse
@@ -31,8 +32,8 @@ def main() -> None:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--facap", required=True, help="the FACap folder")
     parser.add_argument("--fashioniq-triplets", required=True, help="the manifest's FashionIQ triplets (Parquet)")
-    parser.add_argument("--vocab-size", type=int, default=1000)
-    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--vocab-size", required=True, type=int)
+    parser.add_argument("--max-length", required=True, type=int)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     setup_logging()
