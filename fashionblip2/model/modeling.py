@@ -273,8 +273,11 @@ class FashionBLIP2(PreTrainedModel):
 
 
 def contrastive_logits(query: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """Similarities (inner products of exports) over the temperature. (len(query), len(target))."""
-    return query @ target.T / temperature
+    """Similarities (inner products of exports) over the temperature, in fp32 whatever autocast says:
+    bf16 keeps about 3 significant digits, and the in-batch similarities of a young model differ by
+    less, which made every logit equal (a loss of exactly ln(batch)). (len(query), len(target))."""
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        return query.float() @ target.float().T / temperature.float()
 
 
 def info_nce(query: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 (similarity_scale "per_head"), and a config saved before the option existed keeps the summed heads."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -91,3 +92,22 @@ def test_a_config_saved_without_the_key_loads_with_the_summed_heads(tmp_path):
 def test_an_unknown_similarity_scale_is_refused():
     with pytest.raises(ValueError, match="similarity_scale"):
         FashionBLIP2Config(similarity_scale="max")
+
+
+def test_contrastive_logits_keep_fp32_precision_under_bf16_autocast():
+    # Two targets whose similarities to the query differ by 1e-3: bf16 (spacing 2^-8 near 1) would
+    # make them equal, and the loss would be exactly ln(2) whatever the model learnt.
+    from fashionblip2.model.modeling import contrastive_logits, info_nce
+
+    query = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0]]), dim=-1)
+    angle = torch.tensor([0.0447, 0.0])  # cos 0.0447 = 0.999, cos 0 = 1
+    target = torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
+    temperature = torch.tensor(0.07)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = contrastive_logits(query, target, temperature)
+        loss = info_nce(query.repeat(2, 1), target, temperature)
+    assert logits.dtype == torch.float32
+    assert logits[0, 1] - logits[0, 0] == pytest.approx(0.001 / 0.07, rel=0.02)
+    reference = info_nce(query.repeat(2, 1), target, temperature)  # fp32, no autocast
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+    assert abs(loss.item() - math.log(2)) > 1e-5  # bf16 logits gave exactly ln(2)
