@@ -13,6 +13,11 @@ from fashionblip2.model.configuration import tiny_blip2_config
 from fashionblip2.training.trainer import TrainConfig, train
 
 N, BATCH = 16, 8
+# Weights after 3 AdamW steps of lr 1e-3 agree to 5 % of one step: Adam divides each coordinate's
+# update by its own gradient scale, so the float summation-order noise of a near-zero gradient (an
+# embedding row of a rare token) moves that coordinate by a visible fraction of the step. The other
+# parameters agree to about 1e-6.
+ATOL = 5e-5
 
 
 def data():
@@ -93,7 +98,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     ddp = result["state"]
     changed = 0
     for name, value in single.items():
-        assert torch.allclose(ddp[name], value, atol=2e-5, rtol=1e-4), name
+        assert torch.allclose(ddp[name], value, atol=ATOL, rtol=1e-4), name
         changed += not torch.equal(value, build().state_dict()[name])
     assert changed > 10  # the run trained something
     # Rank 0 alone wrote the metrics: one line per step.
@@ -112,6 +117,6 @@ def test_the_gradient_cache_under_two_gloo_processes_matches_one_process_with_th
     assert result["seen"] == [BATCH // 2] * 3
     changed = 0
     for name, value in single.items():
-        assert torch.allclose(result["state"][name], value, atol=2e-5, rtol=1e-4), name
+        assert torch.allclose(result["state"][name], value, atol=ATOL, rtol=1e-4), name
         changed += not torch.equal(value, build().state_dict()[name])
     assert changed > 10
