@@ -159,6 +159,21 @@ def resolved_sources(
     return out
 
 
+# What a copy of the workflow needs to run (the library is imported from the checkout): the tests'
+# and the GPU check's workflow copies.
+WORKFLOW_FILES = (
+    "Snakefile",
+    "config.yaml",
+    "config",
+    "rules",
+    "envs",
+    "workflow_scripts",
+    "prompts",
+    "report",
+    "slurm",
+)
+
+
 # --- the experiment grid ----------------------------------------------------------------------------
 
 

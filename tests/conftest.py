@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fashionblip2.config import WORKFLOW_FILES
 from fashionblip2.synthetic import WorldSpec, generate_world
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,18 +51,6 @@ def shared_fashioniq() -> Path:
     return SHARED_FASHIONIQ
 
 
-# What a run of the workflow needs (the library is imported from this checkout through sys.path).
-WORKFLOW_FILES = [
-    "Snakefile",
-    "config.yaml",
-    "config",
-    "rules",
-    "envs",
-    "workflow_scripts",
-    "prompts",
-    "report",
-    "slurm",
-]
 
 
 def python_first_env(base: dict[str, str] | None = None, *before: str | os.PathLike[str]) -> dict[str, str]:
