@@ -139,32 +139,38 @@ def pin(root: Path, settings: dict) -> list[str]:
     return paths
 
 
-def check_pin(root: Path) -> None:
-    """A pinned path must hold the bytes data.dvc names before anything is pushed: a changed raw folder
-    or a regenerated world is pinned again on purpose (``store pin``), never silently."""
-    if not (root / PIN_FILE).exists():
-        return
+def pin_problem(root: Path, settings: dict) -> str | None:
+    """Why the pinned data cannot be pushed as data.dvc pins it, or None. A changed raw folder or a
+    regenerated world is pinned again on purpose (``store pin``), never silently."""
+    pinned = pinned_paths(root)
+    if not pinned:
+        return None
+    if sorted(settings.get("pin", [])) != sorted(pinned):
+        return (
+            f"dvc.pin names {', '.join(settings.get('pin', [])) or 'nothing'} but {PIN_FILE} pins "
+            f"{', '.join(pinned)}: run `fashionblip2 store pin` (and commit {PIN_FILE})"
+        )
+    missing = [p for p in pinned if not (root / p).exists()]
+    if missing:
+        return f"{', '.join(missing)} (pinned by {PIN_FILE}) does not exist here: make or pull it first"
     # `dvc data status` compares the workspace with the .dvc files whether or not the cache holds
     # the pinned version (`dvc status` only says "not in cache" then).
     status = json.loads(dvc("data", "status", "--json", cwd=root, what="dvc data status").stdout or "{}")
-    pinned = pinned_paths(root)
-    changed = sorted(
-        {p.rstrip("/") for p in status.get("uncommitted", {}).get("modified", []) if _inside(p.rstrip("/"), pinned)}
-        & set(pinned)
-    )
+    modified = {p.rstrip("/") for p in status.get("uncommitted", {}).get("modified", [])}
+    changed = sorted(modified & set(pinned))
     if changed:
-        raise StoreError(
+        return (
             f"{', '.join(changed)} differ from what {PIN_FILE} pins: run `fashionblip2 store pin` to pin them "
-            "(and commit data.dvc), or restore the pinned version with `dvc checkout data.dvc`"
+            f"(and commit {PIN_FILE}), or restore the pinned version with `dvc checkout {PIN_FILE}`"
         )
-    dvc("commit", "--force", "--quiet", PIN_FILE, cwd=root, what="dvc commit")  # same bytes: into the cache
+    return None
 
 
 def push(root: Path, settings: dict) -> list[str]:
-    """`dvc add` every existing tracked path, `dvc push` them and the pinned data; returns the .dvc
-    files to commit."""
+    """`dvc add` every existing tracked path and `dvc push` them, then the pinned data; returns the
+    .dvc files to commit. The intermediates and the result cache are pushed first, so that a pin
+    that needs attention never keeps the paid answers from their backup."""
     ensure_repository(root, settings["remote"])
-    check_pin(root)
     pinned = pinned_paths(root)
     paths = [
         p
@@ -173,11 +179,19 @@ def push(root: Path, settings: dict) -> list[str]:
     ]
     if not paths and not pinned:
         raise StoreError(f"nothing to push in {root}: none of dvc.track exists yet (run the workflow first)")
-    log.info("tracking %d paths: %s", len(paths), ", ".join(paths))
+    files = [f"{p}.dvc" for p in paths]
     if paths:
+        log.info("tracking %d paths: %s", len(paths), ", ".join(paths))
         dvc("add", "--quiet", *paths, cwd=root, what="dvc add")
-    files = [f"{p}.dvc" for p in paths] + ([PIN_FILE] if pinned else [])
-    dvc("push", *files, cwd=root, what="dvc push")
+        dvc("push", *files, cwd=root, what="dvc push")
+    problem = pin_problem(root, settings)
+    if problem:
+        done = f"pushed {len(files)} tracked paths (commit their .dvc files); not the pinned data: " if files else ""
+        raise StoreError(done + problem)
+    if pinned:
+        dvc("commit", "--force", "--quiet", PIN_FILE, cwd=root, what="dvc commit")  # same bytes: into the cache
+        dvc("push", PIN_FILE, cwd=root, what="dvc push")
+        files.append(PIN_FILE)
     return files
 
 

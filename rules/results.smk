@@ -16,6 +16,7 @@ rule table:
         md=report("results/tables/table{number}.md", caption="../report/table.rst", category="Tables"),
         csv="results/tables/table{number}.csv",
         tex="results/tables/table{number}.tex",
+        differences="results/tables/table{number}_differences.csv",
     log:
         "logs/results/table{number}.log",
     wildcard_constraints:
@@ -42,6 +43,7 @@ rule figure5:
     output:
         png=report(FIGURE5, caption="../report/figure5.rst", category="Figures"),
         csv=FIGURE5.replace(".png", ".csv"),
+        differences=FIGURE5.replace(".png", "_differences.csv"),
     log:
         "logs/results/figure5.log",
     conda:

@@ -169,3 +169,14 @@ def test_pin_replaces_the_pin_and_push_refuses_a_changed_pinned_folder(tmp_path)
     pin(tmp_path, settings)  # pinned again on purpose
     assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] != first
     assert push(tmp_path, settings) == ["data.dvc"]
+    # A config that pins something else (the paper preset's data/raw against a committed world), or
+    # a pinned folder that is not there: a clear message, after the other tracked paths are pushed.
+    (tmp_path / "data/cache").mkdir()
+    (tmp_path / "data/cache/answer.json").write_text("{}")
+    other = {**settings, "pin": ["data/synthetic/world"], "also_track": ["data/cache"]}
+    with pytest.raises(StoreError, match=r"pushed 1 tracked paths .* dvc.pin names data/synthetic/world but data.dvc"):
+        push(tmp_path, other)
+    assert (tmp_path / "data/cache.dvc").exists()  # the paid answers were pushed all the same
+    subprocess.run(["rm", "-rf", str(tmp_path / "data/raw")], check=True)
+    with pytest.raises(StoreError, match=r"data/raw \(pinned by data.dvc\) does not exist here"):
+        push(tmp_path, {**settings, "also_track": []})

@@ -49,6 +49,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
     embedded = json.loads((workflow_copy / "data/embeddings/report.json").read_text())
     pair_report = json.loads((workflow_copy / "data/pairs/report.json").read_text())
     assert embedded["embedded"] == pair_report["images"] == len(pairs) + pair_report["unpaired"]
+    assert pair_report["choice"].startswith("v2:")  # how partners were drawn, for runs that paid for older pairs
     assert sorted(p.name for p in (workflow_copy / "data/embeddings/shards").iterdir()) == ["0.npz", "1.npz"]
 
     # Annotation: FACap in its released layout, enhFashionIQ in FashionIQ's format, Table 1, and the cache.
@@ -89,7 +90,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
     t5 = pd.read_csv(workflow_copy / "results/tables/table5.csv")
     assert {"no fine-tuning FIQ low", "no fine-tuning FIQ high"} <= set(t5.columns)
     diff5 = pd.read_csv(workflow_copy / "results/tables/table5_differences.csv")
-    assert len(diff5) == 2 * 2 * 3 and {"Avg difference low", "p (permutation)"} <= set(diff5.columns)
+    assert len(diff5) == (2 * 3 + 4) * 2 and {"Avg difference low", "p (permutation)"} <= set(diff5.columns)
     for fig in ("figure5.png", "figure6.png"):
         assert (workflow_copy / "results/figures" / fig).stat().st_size > 1000
     fig5 = pd.read_csv(workflow_copy / "results/figures/figure5.csv")

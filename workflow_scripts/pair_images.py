@@ -30,6 +30,7 @@ from fashionblip2.common.io import write_json_atomic, write_parquet_atomic  # no
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.pairing.embedding_file import EmbeddingFile  # noqa: E402
 from fashionblip2.pairing.topk import (  # noqa: E402
+    CHOICE,
     ENGINES,
     align_embeddings,
     pair_groups,
@@ -81,6 +82,7 @@ def main() -> None:
         "top_k": args.top_k,
         "seed": args.seed,
         "engine": args.engine,
+        "choice": CHOICE,
         "provenance": provenance(args.data, args.run_name),
     }
     write_json_atomic(args.report, report)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.annotation.pilot import StageSummary, pilot_table, sample_pairs  # noqa: E402
+from fashionblip2.annotation.pilot import BATCH_PRICE_FACTOR, StageSummary, pilot_table, sample_pairs  # noqa: E402
 from fashionblip2.annotation.prompts import PromptTemplate  # noqa: E402
 from fashionblip2.annotation.runner import Prices  # noqa: E402
 from fashionblip2.annotation.stages import images_to_caption, plan_captions, plan_modifications  # noqa: E402
@@ -62,7 +62,8 @@ def table(args) -> None:
         else:
             plan = plan_modifications(pilot, pd.read_parquet(args.captions), template, settings)
         paid = settings["backend"].startswith("openai")
-        summaries[stage] = StageSummary(stage, frame, plan.requests, full_items, paid, limits[stage])
+        factor = BATCH_PRICE_FACTOR if settings["backend"] == "openai-batch" else 1.0
+        summaries[stage] = StageSummary(stage, frame, plan.requests, full_items, paid, limits[stage], factor)
     frame = pilot_table(
         summaries["caption"],
         summaries["modification"],
@@ -76,7 +77,8 @@ def table(args) -> None:
         "annotated with the full run's backends, prompts and settings into the same result cache: the full run "
         "does not ask (nor pay for) these answers again.",
         "Lengths and vocabularies: lower-cased words split on whitespace, as Table 1 counts them. Costs are "
-        "estimates (about 4 characters a token, annotation.prices); the provider's bill is the reference.",
+        "estimates (about 4 characters a token, annotation.prices, half of them for openai-batch; retries not "
+        "counted); the provider's bill is the reference.",
         f"{(frame['Verdict'] == 'warn').sum()} warning(s). Data: {p['data']}; config run: {p['run_name']}; "
         f"commit: {p['commit']}.",
     ]

@@ -15,10 +15,11 @@ from typing import Any
 import pandas as pd
 
 from fashionblip2.annotation.backends import Request
-from fashionblip2.annotation.runner import Prices
+from fashionblip2.annotation.runner import CAPTION_FAILED, Prices
 from fashionblip2.datasets.table1 import TABLE1_REPORTED, text_stats
 
 PASS, WARN = "pass", "warn"
+BATCH_PRICE_FACTOR = 0.5  # OpenAI's Batch API: half the list price
 # The paper's FACap rows of Table 1: vocabulary and average length (words) of the texts.
 PAPER = {name: (vocab, length) for name, *_, vocab, length in TABLE1_REPORTED if name.startswith("FACap")}
 PAPER_CAPTIONS, PAPER_MODIFICATIONS = PAPER["FACap (captions)"], PAPER["FACap (mod. texts)"]
@@ -49,6 +50,8 @@ class StageSummary:
     full_items: int  # what the full run asks for this stage (images to caption, pairs)
     paid: bool  # an API backend: its answers cost money
     max_failed_fraction: float
+    # The Batch API bills half the list prices (annotation.prices are list prices).
+    price_factor: float = 1.0
 
     @property
     def texts(self) -> list[str]:
@@ -62,7 +65,8 @@ class StageSummary:
         if not self.paid:
             return 0.0
         asked = self.frame.iloc[: len(self.requests)]  # the asked rows come first, skipped ones after
-        return answer_cost(self.requests, asked["text"].tolist(), prices, with_image=self.name == "caption")
+        cost = answer_cost(self.requests, asked["text"].tolist(), prices, with_image=self.name == "caption")
+        return cost * self.price_factor
 
 
 def _length_line(what: str, texts: list[str], paper: float, tolerance: float) -> dict[str, Any]:
@@ -91,8 +95,12 @@ def _vocab_line(what: str, texts: list[str], paper: int) -> dict[str, Any]:
 
 
 def _failure_line(stage: StageSummary) -> dict[str, Any]:
-    n, failed = len(stage.frame), len(stage.failed)
-    reasons = Counter(stage.failed["reason"])
+    # As the full run's limit counts them (runner.check_failures): a pair not asked because one of
+    # its captions failed is the caption stage's failure, not this stage's.
+    asked = stage.frame[stage.frame["reason"] != CAPTION_FAILED]
+    n, failed_rows = len(asked), asked[asked["status"] != "ok"]
+    failed = len(failed_rows)
+    reasons = Counter(failed_rows["reason"])
     by_reason = "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common()) or "none"
     return {
         "Check": f"{stage.name} failures ({by_reason})",

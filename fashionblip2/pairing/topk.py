@@ -37,6 +37,9 @@ import torch
 from tqdm import tqdm
 
 ENGINES = ("blocked", "faiss")
+# How a partner is chosen, recorded in the pairs report: version 2 draws from the top-k as a set
+# (image-id order, float64 re-scored); version 1 drew a rank. The same seed gives other partners.
+CHOICE = "v2: top-k re-scored in float64, partner drawn from it as a set in image-id order"
 PAIR_COLUMNS = ["reference_id", "target_id", "source", "category", "similarity", "rank", "candidates"]
 
 # Extra shortlist places beyond the k-th. Can a near-tie at the k-th place still straddle the shortlist's end?

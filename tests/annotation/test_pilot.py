@@ -80,3 +80,18 @@ def test_the_pilot_table_warns_on_lengths_far_from_the_paper_and_on_failures():
     failures = table.loc["modification failures (2 x too long)"]
     assert failures["Pilot"] == "2 of 10 (20.0%)" and failures["Verdict"] == WARN
     assert table.loc["cost of the pilot's answers (estimated, USD)", "Pilot"] == 0  # offline backends
+
+
+def test_pairs_skipped_for_a_failed_caption_are_not_the_modification_stages_failures():
+    from fashionblip2.annotation.runner import CAPTION_FAILED, check_failures
+
+    statuses = ["ok"] * 95 + ["failed"] * 5
+    reasons = [""] * 95 + [CAPTION_FAILED] * 5
+    frame = pd.DataFrame({"text": ["make it red"] * 95 + [None] * 5, "status": statuses, "reason": reasons})
+    mods = StageSummary("modification", frame, [], 100, False, 0.02)
+    caps = StageSummary(
+        "caption", pd.DataFrame({"text": ["a dress"], "status": ["ok"], "reason": [""]}), [], 1, False, 0.02
+    )
+    line = pilot_table(caps, mods, Prices()).set_index("Check").loc["modification failures (none)"]
+    assert line["Pilot"] == "0 of 95 (0.0%)" and line["Verdict"] == PASS
+    assert check_failures(statuses, reasons, 0.02, stage="modification")["failed"] == 0  # the full run's count

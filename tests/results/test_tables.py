@@ -140,7 +140,8 @@ def test_comparisons_report_each_pair_with_its_interval_and_test(evals):
     assert fiq.value == pytest.approx(20) and fiq.low > 0  # 20 points on 300 queries: clearly significant
     assert diff.iloc[0]["Significant (95 %)"] == "yes" and diff.iloc[0]["p (permutation)"] < 0.05
     t5 = et.table5_comparisons(evals, ["a", "b", "c"])
-    assert t5["Comparison"].tolist()[:2] == ["b minus a (no fine-tuning)"] * 2 and len(t5) == 8
+    assert t5["Comparison"].tolist()[:2] == ["b minus a (no fine-tuning)"] * 2 and len(t5) == (2 * 2 + 3) * 2
+    assert t5["Comparison"].tolist()[-1] == "c: with minus without fine-tuning"
 
 
 def test_the_written_table_has_its_differences_section_and_csv(evals, tmp_path):
