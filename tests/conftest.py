@@ -51,8 +51,6 @@ def shared_fashioniq() -> Path:
     return SHARED_FASHIONIQ
 
 
-
-
 def python_first_env(base: dict[str, str] | None = None, *before: str | os.PathLike[str]) -> dict[str, str]:
     """Rules call `python`: it must be this interpreter's environment, as after `make` or an activation
     (``before``: folders to put ahead of it, such as a wrapper's)."""

@@ -60,7 +60,7 @@ def table(args) -> None:
         if stage == "caption":
             plan = plan_captions(pilot, manifest, template, settings)
         else:
-            plan = plan_modifications(pilot, pd.read_parquet(args.captions), template, settings)
+            plan = plan_modifications(pilot, summaries["caption"].frame, template, settings)
         paid = settings["backend"].startswith("openai")
         factor = BATCH_PRICE_FACTOR if settings["backend"] == "openai-batch" else 1.0
         summaries[stage] = StageSummary(stage, frame, plan.requests, full_items, paid, limits[stage], factor)

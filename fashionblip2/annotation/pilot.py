@@ -57,10 +57,6 @@ class StageSummary:
     def texts(self) -> list[str]:
         return self.frame.loc[self.frame["status"] == "ok", "text"].tolist()
 
-    @property
-    def failed(self) -> pd.DataFrame:
-        return self.frame[self.frame["status"] != "ok"]
-
     def cost(self, prices: Prices) -> float:
         if not self.paid:
             return 0.0

@@ -41,18 +41,22 @@ def for_display(frame: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
     return frame.map(lambda v: _cell(v, decimals))
 
 
-def _markup(frame: pd.DataFrame, decimals: int, render) -> str:
-    """A table with interval cells is formatted cell by cell (``53.20 ± 2.10``); one without keeps the
-    renderer's own number formatting."""
-    if any(_has_intervals(c) for _, c in frame.items()):
-        return render(for_display(frame, decimals))
-    return render(frame, float_format=f"%.{decimals}f")
+def _intervals_in(frame: pd.DataFrame) -> bool:
+    return any(_has_intervals(c) for _, c in frame.items())
 
 
 def _markdown(frame: pd.DataFrame, decimals: int) -> str:
-    if any(_has_intervals(c) for _, c in frame.items()):
+    """A table with interval cells is formatted cell by cell (``53.20 ± 2.10``); one without keeps
+    tabulate's own number formatting."""
+    if _intervals_in(frame):
         return for_display(frame, decimals).to_markdown(index=False, missingval="–", disable_numparse=True)
     return frame.to_markdown(index=False, floatfmt=f".{decimals}f", missingval="–")
+
+
+def _latex(frame: pd.DataFrame) -> str:
+    if _intervals_in(frame):
+        return for_display(frame).to_latex(index=False, na_rep="--", escape=True)
+    return frame.to_latex(index=False, na_rep="--", escape=True, float_format="%.2f")
 
 
 def write_table(
@@ -72,7 +76,7 @@ def write_table(
         write_text_atomic(f"{stem}_{name.split(':')[0].lower().replace(' ', '_')}.csv", csv)
     write_text_atomic(f"{stem}.csv", as_numbers(frame).to_csv(index=False))
     if tex:
-        body = _markup(frame, 2, lambda f, **kw: f.to_latex(index=False, na_rep="--", escape=True, **kw))
+        body = _latex(frame)
         comments = "".join(f"% {n}\n" for n in [title, *notes])
         write_text_atomic(f"{stem}.tex", comments + body)
     md = [f"# {title}", "", _markdown(frame, 2), ""]

@@ -17,7 +17,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ class TrainConfig:
     RUNTIME_FIELDS = ("device", "gradient_checkpointing")
 
     # Fields added after checkpoints were first written: a checkpoint without one was trained with its default.
-    ADDED_FIELDS = {"eps": 1e-8, "onecycle_div_factor": 25.0}
+    ADDED_FIELDS = ("eps", "onecycle_div_factor")
 
     def resume_key(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed."""
@@ -79,7 +79,8 @@ class TrainConfig:
 
     def resumes(self, saved: dict[str, Any]) -> bool:
         """Whether a checkpoint written with config ``saved`` continues this run."""
-        saved = self.ADDED_FIELDS | {k: v for k, v in saved.items() if k not in self.RUNTIME_FIELDS}
+        added = {f.name: f.default for f in fields(self) if f.name in self.ADDED_FIELDS}
+        saved = added | {k: v for k, v in saved.items() if k not in self.RUNTIME_FIELDS}
         return saved == self.resume_key()
 
 
