@@ -55,9 +55,14 @@ def training_result_settings(config: dict[str, Any], run: str) -> dict[str, Any]
 MODEL_SETTING_KEYS = ("adapter_factor", "num_heads", "head_dim", "max_text_length", "similarity_scale")
 
 
-def model_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The FashionBLIP-2 head settings a training run builds its model with (model.<key>)."""
-    return pick(config["model"], MODEL_SETTING_KEYS)
+def model_settings(config: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """The FashionBLIP-2 head settings a variant's training run builds its model with (model.<key>).
+    How the heads' cosines combine means nothing to global matching (one head): left out there, so
+    that editing it reruns only the multi-head variants."""
+    settings = pick(config["model"], MODEL_SETTING_KEYS)
+    if variant.get("matching", "multihead") == "global":
+        settings.pop("similarity_scale", None)
+    return settings
 
 
 def training_run_settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -259,8 +259,8 @@ def has_facap_stage(name):
     return cfg.has_facap_stage(variants()[name])
 
 
-def model_settings(config):
-    return cfg.model_settings(config)
+def model_settings(wildcards):
+    return as_json(cfg.model_settings(config, variants()[wildcards.variant]))
 
 
 def stage_model(stage, variant="{variant}"):

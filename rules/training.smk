@@ -73,7 +73,7 @@ rule train_stage1:
         **cluster_resources("train_stage1", runtime=training_runtime("stage1")),
     params:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
-        model=as_json(model_settings(config)),
+        model=model_settings,
         run=as_json(training_result_settings(config, "stage1")),
         launcher=run_only(RUN["launcher"]["train_stage1"]),
         run_settings=run_only(RUN["training"]),
@@ -104,7 +104,7 @@ rule train_stage2:
         **cluster_resources("train_stage2", runtime=training_runtime("stage2")),
     params:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
-        model=as_json(model_settings(config)),
+        model=model_settings,
         run=as_json(training_result_settings(config, "stage2")),
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["evaluation"]["categories"]),

@@ -17,6 +17,7 @@ from fashionblip2.config import (
     check_paths,
     figure5_caption,
     fraction_variant,
+    model_settings,
     path_problems,
     resolved_sources,
     runtime_minutes,
@@ -201,3 +202,10 @@ def test_every_setting_has_one_owner_config_yaml():
     assert defaults == ["kind: {enum: [file, archive, image_list], default: file}"], defaults
     rules = re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M)
     assert sorted(config["resources"]) == sorted(rules)  # every rule's numbers, and only there
+
+
+def test_the_similarity_scale_is_a_setting_of_multi_head_variants_only(config):
+    multi = model_settings(config, {"matching": "multihead"})
+    assert multi["similarity_scale"] == config["model"]["similarity_scale"] and multi["num_heads"] > 1
+    # One head: mean and sum agree, so editing the key must not retrain the global variants.
+    assert "similarity_scale" not in model_settings(config, {"matching": "global"})

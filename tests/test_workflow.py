@@ -233,6 +233,20 @@ def check_minimal_reruns(workdir) -> None:
     assert planned_jobs(workdir, {"experiments": {"variants": {"cir_global": cir_global}}}) == {
         "train_stage1": 1, "train_stage2": 1, "evaluate": 2, "table": 1,
     }  # fmt: skip
+    # The multi-head similarity scale: the multi-head variants only (global matching has one head).
+    assert planned_jobs(workdir, {"model": {"similarity_scale": "sum"}}) == {
+        "train_stage1": 3, "train_stage2": 3, "evaluate": 6, "table": 3, "figure5": 1, "figure6": 1,
+        "search_index": 1,
+    }  # fmt: skip
+    # The intervals' draws: the tables and Figure 5, no model.
+    assert planned_jobs(workdir, {"evaluation": {"bootstrap": {"samples": 500, "seed": 0}}}) == {
+        "table": 3, "figure5": 1,
+    }  # fmt: skip
+    # Figure 5's budget: its one subset's chain.
+    figure5 = {**test["experiments"]["figure5"], "budget": "steps"}
+    assert planned_jobs(workdir, {"experiments": {"figure5": figure5}}) == {
+        "train_stage1": 1, "evaluate": 1, "figure5": 1,
+    }  # fmt: skip
     # The modification prompt: modifications onward, no caption.
     prompt = (workdir / "prompts/modification.yaml").read_text() + "# edited\n"
     jobs = planned_jobs(workdir, {"annotation": {"modification": {"prompt": "edited.yaml"}}}, {"edited.yaml": prompt})
