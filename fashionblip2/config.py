@@ -17,13 +17,14 @@ import math
 import os
 from typing import Any
 
+from fashionblip2.annotation.pricing import is_paid
+
 # annotation.<stage>: the keys that change the answers (they also make the cache key).
 ANNOTATION_ANSWER_KEYS = ("backend", "model", "model_path", "max_new_tokens", "max_words", "temperature")
 # training: shared keys that change a trained model (besides the run's own section).
 TRAINING_RESULT_KEYS = ("seed", "precision")
 # training: shared keys that change how a model is trained, not what comes out.
 TRAINING_RUNTIME_KEYS = ("device", "gradient_checkpointing", "cache_image_features")
-API_BACKENDS = ("openai", "openai-batch")
 
 
 def pick(section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -76,7 +77,8 @@ def runtime_minutes(work: float, per_second: float, *, margin: float, startup_mi
 
 
 def uses_api(config: dict[str, Any], stage: str) -> bool:
-    return config["annotation"][stage]["backend"] in API_BACKENDS
+    """Whether a stage calls a paid API (its jobs need the internet): the one predicate, in pricing."""
+    return is_paid(config["annotation"][stage]["backend"])
 
 
 # --- paths ----------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pandas as pd  # noqa: E402
 
 from fashionblip2.annotation.cache import ResultCache  # noqa: E402
+from fashionblip2.annotation.pricing import Prices, is_paid  # noqa: E402
 from fashionblip2.annotation.prompts import PromptTemplate  # noqa: E402
-from fashionblip2.annotation.runner import Prices, check_failures, estimate_cost  # noqa: E402
+from fashionblip2.annotation.runner import check_failures, estimate_cost  # noqa: E402
 from fashionblip2.annotation.stages import (  # noqa: E402
     STAGES,
     make_backend,
@@ -38,6 +39,7 @@ from fashionblip2.annotation.stages import (  # noqa: E402
 )
 from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import atomic_path, write_parquet_atomic  # noqa: E402
+from fashionblip2.common.issues import BadInputError  # noqa: E402
 
 
 def main() -> None:
@@ -76,13 +78,17 @@ def main() -> None:
         plan = plan_captions(pairs, pd.read_parquet(args.manifest), template, settings, args.shard, args.shards)
     else:
         plan = plan_modifications(pairs, pd.read_parquet(args.captions), template, settings, args.shard, args.shards)
-    if settings.get("backend", "").startswith("openai"):
+    if is_paid(backend.name):
+        try:
+            prices = Prices.from_config(json.loads(args.prices))
+        except ValueError as e:  # a message, not a traceback, and before anything is paid
+            raise BadInputError(f"--prices: {e}") from None
         estimate = estimate_cost(
             plan.requests,
             cache,
             backend,
             settings.get("max_new_tokens", 128),
-            Prices(**json.loads(args.prices)),
+            prices,
             with_image=args.stage == "caption",
         )
         log.warning(

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.annotation.pilot import BATCH_PRICE_FACTOR, StageSummary, pilot_table, sample_pairs  # noqa: E402
+from fashionblip2.annotation.pilot import StageSummary, pilot_table, sample_pairs  # noqa: E402
+from fashionblip2.annotation.pricing import Prices  # noqa: E402
 from fashionblip2.annotation.prompts import PromptTemplate  # noqa: E402
-from fashionblip2.annotation.runner import Prices  # noqa: E402
 from fashionblip2.annotation.stages import images_to_caption, plan_captions, plan_modifications  # noqa: E402
 from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import write_parquet_atomic  # noqa: E402
@@ -61,15 +61,13 @@ def table(args) -> None:
             plan = plan_captions(pilot, manifest, template, settings)
         else:
             plan = plan_modifications(pilot, summaries["caption"].frame, template, settings)
-        paid = settings["backend"].startswith("openai")
-        factor = BATCH_PRICE_FACTOR if settings["backend"] == "openai-batch" else 1.0
-        summaries[stage] = StageSummary(stage, frame, plan.requests, full_items, paid, limits[stage], factor)
+        summaries[stage] = StageSummary(stage, frame, plan.requests, full_items, settings["backend"], limits[stage])
     frame = pilot_table(
         summaries["caption"],
         summaries["modification"],
-        Prices(**json.loads(args.prices)),
-        spec.get("length_tolerance", 0.3),
-        spec.get("budget_usd", 0.0),
+        Prices.from_config(json.loads(args.prices)),
+        spec["length_tolerance"],
+        spec["budget_usd"],
     )
     p = provenance(args.data, args.run_name)
     notes = [

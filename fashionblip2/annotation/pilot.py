@@ -7,7 +7,6 @@ settings, same result cache), so the full run pays only for the rest.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +14,11 @@ from typing import Any
 import pandas as pd
 
 from fashionblip2.annotation.backends import Request
-from fashionblip2.annotation.runner import CAPTION_FAILED, Prices
+from fashionblip2.annotation.pricing import Prices, cost_usd, is_paid, request_tokens, text_tokens
+from fashionblip2.annotation.runner import CAPTION_FAILED
 from fashionblip2.datasets.table1 import TABLE1_REPORTED, text_stats
 
 PASS, WARN = "pass", "warn"
-BATCH_PRICE_FACTOR = 0.5  # OpenAI's Batch API: half the list price
 # The paper's FACap rows of Table 1: vocabulary and average length (words) of the texts.
 PAPER = {name: (vocab, length) for name, *_, vocab, length in TABLE1_REPORTED if name.startswith("FACap")}
 PAPER_CAPTIONS, PAPER_MODIFICATIONS = PAPER["FACap (captions)"], PAPER["FACap (mod. texts)"]
@@ -32,12 +31,13 @@ def sample_pairs(pairs: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return chosen.sort_values(["reference_id", "target_id"]).reset_index(drop=True)
 
 
-def answer_cost(requests: list[Request], answers: list[str | None], prices: Prices, with_image: bool) -> float:
-    """Estimated USD of these answers (about 4 characters a token, as the pre-run estimate counts)."""
-    image = prices.image_tokens if with_image else 0
-    input_tokens = sum(len(json.dumps(r.keyed["messages"])) // 4 + image for r in requests)
-    output_tokens = sum(len(a or "") // 4 for a in answers)
-    return input_tokens / 1e6 * prices.input_per_million + output_tokens / 1e6 * prices.output_per_million
+def answer_tokens(
+    requests: list[Request], answers: list[str | None], prices: Prices, with_image: bool
+) -> tuple[int, int]:
+    """Input and output tokens of these answers, counted as the pre-run estimate counts them
+    (:mod:`~fashionblip2.annotation.pricing`), the outputs from the answers themselves."""
+    input_tokens = sum(request_tokens(r.keyed["messages"], prices, with_image=with_image) for r in requests)
+    return input_tokens, sum(text_tokens(a or "") for a in answers)
 
 
 @dataclass
@@ -48,21 +48,24 @@ class StageSummary:
     frame: pd.DataFrame  # a row per item: text, status, reason, cached
     requests: list[Request]
     full_items: int  # what the full run asks for this stage (images to caption, pairs)
-    paid: bool  # an API backend: its answers cost money
+    backend: str  # annotation.<stage>.backend: whether and at what share of the list price it is paid
     max_failed_fraction: float
-    # The Batch API bills half the list prices (annotation.prices are list prices).
-    price_factor: float = 1.0
 
     @property
     def texts(self) -> list[str]:
         return self.frame.loc[self.frame["status"] == "ok", "text"].tolist()
 
+    @property
+    def paid(self) -> bool:
+        return is_paid(self.backend)
+
+    def tokens(self, prices: Prices) -> tuple[int, int]:
+        """Input and output tokens of the pilot's requests (the asked rows come first, skipped ones after)."""
+        asked = self.frame.iloc[: len(self.requests)]
+        return answer_tokens(self.requests, asked["text"].tolist(), prices, with_image=self.name == "caption")
+
     def cost(self, prices: Prices) -> float:
-        if not self.paid:
-            return 0.0
-        asked = self.frame.iloc[: len(self.requests)]  # the asked rows come first, skipped ones after
-        cost = answer_cost(self.requests, asked["text"].tolist(), prices, with_image=self.name == "caption")
-        return cost * self.price_factor
+        return cost_usd(*self.tokens(prices), prices, self.backend)
 
 
 def _length_line(what: str, texts: list[str], paper: float, tolerance: float) -> dict[str, Any]:
@@ -111,8 +114,8 @@ def pilot_table(
     captions: StageSummary,
     modifications: StageSummary,
     prices: Prices,
-    length_tolerance: float = 0.3,
-    budget_usd: float = 0.0,
+    length_tolerance: float,
+    budget_usd: float,
 ) -> pd.DataFrame:
     """One line per check, each with its rule and a pass/warn verdict; then what the pilot cost and
     what the full run would cost on top (the pilot's answers are cached: not paid again)."""

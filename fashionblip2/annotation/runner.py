@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from tqdm import tqdm
 
 from fashionblip2.annotation.backends import Request
 from fashionblip2.annotation.cache import ResultCache, request_key
+from fashionblip2.annotation.pricing import Prices, cost_usd, request_tokens
 from fashionblip2.common.issues import StopRun
 
 log = logging.getLogger(__name__)
@@ -134,28 +134,17 @@ def check_failures(
     return summary
 
 
-@dataclass
-class Prices:
-    """USD per million tokens; the image_tokens estimate is per image."""
-
-    input_per_million: float = 0.15
-    output_per_million: float = 0.60
-    image_tokens: int = 85
-
-
 def estimate_cost(
     requests: list[Request], cache: ResultCache, backend: Any, max_tokens: int, prices: Prices, *, with_image: bool
 ) -> dict[str, float]:
-    """What a paid run will ask: requests not in the cache, tokens (about 4 characters each) and cost."""
+    """What a paid run will ask: requests not in the cache, their tokens and the most they cost, by the
+    one price rule (:mod:`~fashionblip2.annotation.pricing`: the Batch API at half the list price)."""
     todo = [r for r in requests if request_key(backend.name, backend.model, r.keyed) not in cache]
-    input_tokens = sum(
-        len(json.dumps(r.keyed["messages"])) // 4 + (prices.image_tokens if with_image else 0) for r in todo
-    )
+    input_tokens = sum(request_tokens(r.keyed["messages"], prices, with_image=with_image) for r in todo)
     output_tokens = len(todo) * max_tokens
-    cost = input_tokens / 1e6 * prices.input_per_million + output_tokens / 1e6 * prices.output_per_million
     return {
         "requests": len(todo),
         "input_tokens": input_tokens,
         "output_tokens_at_most": output_tokens,
-        "cost_usd_at_most": round(cost, 4),
+        "cost_usd_at_most": round(cost_usd(input_tokens, output_tokens, prices, backend.name), 4),
     }
