@@ -4,7 +4,9 @@ backbone, stage 1 on FACap, stage 2 on FashionIQ. The workflow scripts call thes
 A run folder holds the final model (``save_pretrained``), its tokenizer, ``metrics.jsonl`` and
 ``training.json`` (what was trained, on what, with which settings): it is all ``fashionblip2 search``
 and the evaluation need. Checkpoints live in a separate folder (the rule's outputs are deleted by
-Snakemake before a rerun; the checkpoint must survive to resume).
+Snakemake before a rerun; the checkpoint must survive to resume). One run at a time writes a
+checkpoint folder: :func:`hold_checkpoints` puts a lock in it naming the holder (host, process,
+SLURM job), and a second run refuses the folder while that holder lives.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 import os
 import random
 import shutil
+import socket
+import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +37,105 @@ from fashionblip2.training.trainer import METRICS, TrainConfig, train
 
 log = logging.getLogger(__name__)
 LOSSES = ("cir", "ctr")
+LOCK = "holder.json"
+# SLURM job states after which a job holds nothing (squeue's %T).
+FINISHED_JOB_STATES = frozenset(
+    {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+     "REVOKED", "TIMEOUT"}
+)  # fmt: skip
+_held: set[Path] = set()  # the checkpoint folders this process holds
+
+
+class CheckpointBusy(RuntimeError):
+    """Another live run holds the checkpoint folder."""
+
+
+def _me() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _slurm_job_live(job_id: str) -> bool | None:
+    """Whether SLURM still holds the job (None: SLURM cannot be asked from here)."""
+    try:
+        result = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        # squeue says "Invalid job id specified" once a job is purged: it holds nothing.
+        return False if "invalid job id" in result.stderr.lower() else None
+    states = result.stdout.split()
+    return bool(states) and states[0] not in FINISHED_JOB_STATES
+
+
+def holder_alive(holder: dict[str, Any]) -> bool:
+    """Whether the run named in a lock can still write: its SLURM job is live, or (without one, or
+    where SLURM cannot be asked) its process runs on this host. A holder on another host that cannot
+    be checked counts as alive: refusing is safe, racing is not."""
+    me = _me()
+    if holder.get("slurm_job_id"):
+        if holder["slurm_job_id"] == me["slurm_job_id"]:
+            return holder.get("pid") != me["pid"] and holder.get("host") == me["host"] and _pid_alive(holder["pid"])
+        live = _slurm_job_live(str(holder["slurm_job_id"]))
+        if live is not None:
+            return live
+    if holder.get("host") == me["host"]:
+        return holder.get("pid") != me["pid"] and _pid_alive(int(holder.get("pid", 0)))
+    return True
+
+
+def hold_checkpoints(checkpoint_dir: str | os.PathLike[str]) -> None:
+    """Take the checkpoint folder for this process (until :func:`save_run` removes it, or the process
+    ends: a dead holder's lock is stale and taken over). Raises CheckpointBusy, naming the holder,
+    when another live run holds it. Under data parallelism only rank 0 takes it."""
+    from fashionblip2.training.distributed import world
+
+    folder = Path(checkpoint_dir).resolve()
+    if world()[0] != 0:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                holder = {}  # half-written by a holder killed mid-write, or removed meanwhile
+            if holder == _me():  # this process's already (a resumed call in the same process)
+                _held.add(folder)
+                return
+            if holder and holder_alive(holder):
+                raise CheckpointBusy(
+                    f"{folder} is held by another live run (host {holder.get('host')}, pid {holder.get('pid')}, "
+                    f"SLURM job {holder.get('slurm_job_id') or 'none'}); two runs must never write one "
+                    "checkpoint folder. Wait for it or cancel it, then run again."
+                ) from None
+            # Stale: moved aside under a name of our own, so that of two runs finding it stale at
+            # once only one takes it over (the other retries and finds the new holder).
+            aside = lock.with_name(f"{LOCK}.stale.{os.getpid()}")
+            try:
+                os.replace(lock, aside)
+                aside.unlink()
+                log.warning("taking over %s from a holder that is gone: %s", folder, holder)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_me(), f)
+        _held.add(folder)
+        return
+    raise CheckpointBusy(f"{folder}: could not take its lock (other runs keep taking it)")
 
 
 @dataclass
@@ -198,6 +301,7 @@ def train_cir(
     from fashionblip2.training.distributed import init_from_env
 
     device = init_from_env(resolve_device(cfg.device, "training.device"))  # this rank's device under torchrun
+    hold_checkpoints(checkpoint_dir)
     make_batch, loss_fn = cir_training_batches(
         model,
         data,
@@ -220,19 +324,31 @@ def save_run(
     info: dict[str, Any],
 ) -> None:
     """Write the run folder whole (atomically), then drop the checkpoint it no longer needs.
-    Under data parallelism only rank 0 writes."""
+    Under data parallelism only rank 0 writes. A run that trained into `checkpoint_dir` (it holds
+    it) must find its ``metrics.jsonl`` there: a folder emptied or removed under it stops the run
+    instead of writing a model without its metrics."""
     from fashionblip2.training.distributed import world
 
     if world()[0] != 0:
         return
+    folder = Path(checkpoint_dir).resolve()
+    metrics = folder / METRICS
+    if folder in _held:
+        lock = folder / LOCK
+        holder = json.loads(lock.read_text(encoding="utf-8")) if lock.exists() else None
+        if holder != _me() or not metrics.exists():
+            raise CheckpointBusy(
+                f"{folder} changed under this run (its lock is now {holder}, {METRICS} "
+                f"{'exists' if metrics.exists() else 'is missing'}): another run wrote it; nothing saved"
+            )
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        metrics = Path(checkpoint_dir) / METRICS
         if metrics.exists():
             shutil.copyfile(metrics, tmp / METRICS)
         (tmp / "training.json").write_text(dumps_json(info), encoding="utf-8")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    _held.discard(folder)
 
 
 def run_info(
@@ -269,6 +385,7 @@ def train_backbone(
     def loss_fn(m, batch):
         return m(**batch)
 
+    hold_checkpoints(checkpoint_dir)
     return train(model, len(keys), make_batch, loss_fn, cfg, checkpoint_dir, progress=progress, stop_after=stop_after)
 
 

@@ -2,6 +2,9 @@
 exact resume of a killed run, pretraining checkpoints, evaluation, and the search command."""
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -18,10 +21,13 @@ from fashionblip2.model.pretraining import Blip2ImageTextContrastive
 from fashionblip2.model.processing import ImageStore
 from fashionblip2.model.tokenization import train_word_level
 from fashionblip2.training.runs import (
+    LOCK,
+    CheckpointBusy,
     ImageFeatureCache,
     ModelSettings,
     Variant,
     build_model,
+    hold_checkpoints,
     save_run,
     train_backbone,
     train_cir,
@@ -230,3 +236,32 @@ def test_console_script_is_installed():
         [sys.executable, "-m", "fashionblip2.cli", "search", "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "--sheet" in proc.stdout
+
+
+def test_a_checkpoint_folder_held_by_a_live_run_is_refused_and_a_dead_holders_is_taken_over(world, tmp_path):
+    """A second run never writes a folder another live run holds (the holder: a real process here,
+    stopped by its PID); once the holder is gone its lock is stale and the folder is taken over."""
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
+        with pytest.raises(CheckpointBusy, match=f"held by another live run .*pid {holder.pid}"):
+            hold_checkpoints(folder)
+    finally:
+        holder.kill()
+        holder.wait()
+    hold_checkpoints(folder)  # stale now: taken over
+    assert json.loads((folder / LOCK).read_text())["pid"] == os.getpid()
+    # Held by this run, then removed under it (as a racing run's save_run did): nothing is saved
+    # without its metrics.
+    (folder / "metrics.jsonl").write_text("{}\n")
+    model = build_model(world["backbone"], Variant(), SETTINGS, stage=1)
+    shutil.rmtree(folder)
+    with pytest.raises(CheckpointBusy, match="metrics.jsonl is missing"):
+        save_run(model, world["tokenizer"], tmp_path / "model", folder, {"stage": "stage1"})
+    assert not (tmp_path / "model").exists()
+    hold_checkpoints(folder)  # still this run's: it takes the folder again, writes, saves
+    (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+    save_run(model, world["tokenizer"], tmp_path / "model", folder, {"stage": "stage1"})
+    assert (tmp_path / "model/metrics.jsonl").read_text() == '{"step": 1}\n' and not folder.exists()
