@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import openai  # noqa: E402,F401  (imported before anything is timed)
 
-from fashionblip2.annotation.backends import APISettings, OpenAIChat, Request  # noqa: E402
+from fashionblip2.annotation.backends import Request  # noqa: E402
 from fashionblip2.annotation.cache import ResultCache  # noqa: E402
+from fashionblip2.annotation.openai_chat import APISettings, OpenAIChat  # noqa: E402
 from fashionblip2.annotation.runner import annotate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,17 @@ def start_server(tmp: Path, latency: float) -> tuple[subprocess.Popen, str]:
 
 def run(base_url: str, concurrency: int, n: int, tag: str, tmp: Path) -> float:
     backend = OpenAIChat(
-        APISettings(base_url=base_url, model="bench", concurrency=concurrency, timeout_s=30), with_image=False
+        APISettings(
+            base_url=base_url,
+            model="bench",
+            api_key_env="OPENAI_API_KEY",
+            concurrency=concurrency,
+            max_retries=6,
+            timeout_s=30,
+            max_tokens=96,
+            temperature=0.2,
+        ),
+        with_image=False,
     )
     requests = [Request({"messages": [{"role": "user", "content": f"{tag} request {i}"}]}) for i in range(n)]
     t = time.perf_counter()

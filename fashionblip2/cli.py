@@ -5,6 +5,8 @@
     fashionblip2 store pin      # pin what the workflow starts from in the root data.dvc (config: dvc.pin)
     fashionblip2 store push     # dvc add + dvc push the expensive artefacts (config: dvc:)
     fashionblip2 store pull     # in a fresh clone: dvc pull, then mark the pulled outputs done
+    fashionblip2 batches show data/annotation/captions/0.batches.json     # openai-batch's record
+    fashionblip2 batches abandon data/annotation/captions/0.batches.json  # give up its open batches
 """
 
 from __future__ import annotations
@@ -93,6 +95,28 @@ def store(args: argparse.Namespace) -> int:
     return 0
 
 
+def batches(args: argparse.Namespace) -> int:
+    from fashionblip2.annotation.openai_batch import BatchState, abandon
+
+    for path in args.state_files:
+        if not Path(path).is_file():
+            print(f"fashionblip2 batches: no batch state file at {path}", file=sys.stderr)
+            return 2
+        if args.action == "abandon":
+            gone = abandon(path)
+            print(f"{path}: abandoned {len(gone)} open batch(es){': ' + ', '.join(gone) if gone else ''}")
+            continue
+        state = BatchState.load(path)
+        print(f"{path} (run key {state.run_key}, shard {state.shard})")
+        for e in state.batches:
+            flags = [f for f in ("read", "abandoned") if e.get(f)]
+            print(
+                f"  {e.get('batch_id') or '(no batch id)':<24} {e.get('status', '?'):<12} "
+                f"{len(e.get('custom_ids', [])):>7} requests  input {e.get('input_file_id')}  {' '.join(flags)}"
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fashionblip2", description="FACap / FashionBLIP-2 tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,10 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configfile", nargs="*", default=[], help="config files merged over config.yaml, as for snakemake")
     p.add_argument("--root", default=".", help="the workflow checkout (a git repository)")
     p.set_defaults(run=store)
+    p = sub.add_parser(
+        "batches",
+        help="show or abandon the openai-batch batches a shard recorded (<shard>.batches.json)",
+        description="show: each recorded batch, its status and how many requests it holds. abandon: give up the "
+        "open batches of the given state files (e.g. made with another API key or base_url, which the server "
+        "does not know): the next run asks again only the requests without an answer in the cache. A batch "
+        "still running elsewhere is then paid for twice.",
+    )
+    p.add_argument("action", choices=["show", "abandon"])
+    p.add_argument("state_files", nargs="+", help="e.g. data/annotation/captions/0.batches.json")
+    p.set_defaults(run=batches)
     args = parser.parse_args(argv)
     setup_logging()
-    if args.run is store:
-        return store(args)
+    if args.run in (store, batches):
+        return args.run(args)
     import logging
 
     import transformers

@@ -128,6 +128,14 @@ def main() -> None:
         frame["cached"].sum(),
         len(failed),
     )
+    if frame["reasked"].any():
+        log.warning(
+            "%d question(s) asked again after a timeout or a dropped connection (each may be billed twice)",
+            frame["reasked"].sum(),
+        )
+    for counter in ("adopted", "duplicates"):
+        if getattr(backend, counter, 0):
+            log.warning("batches %s on the server: %d", counter, getattr(backend, counter))
     for row in failed.head(20).itertuples():
         log.warning("failed: %s", row.reason)
 

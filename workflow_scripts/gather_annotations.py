@@ -41,6 +41,9 @@ def main() -> None:
         "ok": int((frame["status"] == "ok").sum()),
         "failed": int(len(failed)),
         "answered_from_cache": int(frame["cached"].sum()),
+        # Asked again after a timeout or a dropped connection: the server may have answered (and
+        # billed) the first request too. At most one extra request per question.
+        "reasked_after_timeout": int(frame["reasked"].sum()) if "reasked" in frame else 0,
         "failures_by_reason": failed["reason"].value_counts().to_dict(),
         "failures": failed.drop(columns=["text", "cached", "key"]).head(1000).to_dict("records"),
     }

@@ -25,6 +25,8 @@ class Outcome:
     status: str  # "ok" or "failed"
     reason: str
     cached: bool
+    # Asked again after an answer may have been lost on the way back (a timeout): maybe paid twice.
+    reasked: bool = False
 
 
 def annotate(
@@ -66,6 +68,8 @@ def annotate(
         cache.check_writable()
     bar = tqdm(total=len(pending), desc=desc, unit="req", disable=not progress or not pending)
 
+    reasked: set[int] = set()
+
     def settle(i: int, text: str | None, status: str, reason: str) -> None:
         for j in same[keys[i]]:  # the same question asked once: every request asking it shares the answer
             outcomes[j] = Outcome(keys[i], text, status, reason, False)
@@ -86,6 +90,7 @@ def annotate(
                 rejected[i] = (text, reason)
 
         backend.generate([requests[i] for i in indices], on_result)
+        reasked.update(indices[j] for j in getattr(backend, "reasked", ()))
         return rejected
 
     retry = ask(pending, last_try=False)
@@ -100,6 +105,9 @@ def annotate(
     for i, o in enumerate(outcomes):  # a backend that skipped an item must not make it vanish
         if o is None:
             outcomes[i] = Outcome(keys[i], None, "failed", "no answer from the backend", False)
+    for i in reasked:
+        for j in same[keys[i]]:
+            outcomes[j].reasked = True  # type: ignore[union-attr]
     return outcomes  # type: ignore[return-value]
 
 

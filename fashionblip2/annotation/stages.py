@@ -8,16 +8,11 @@ from typing import Any
 
 import pandas as pd
 
-from fashionblip2.annotation.backends import (
-    APISettings,
-    MetadataCaptioner,
-    OpenAIBatch,
-    OpenAIChat,
-    Request,
-    RulesDiffer,
-    TransformersCaptioner,
-)
+from fashionblip2.annotation.backends import MetadataCaptioner, Request, RulesDiffer, TransformersCaptioner
 from fashionblip2.annotation.cache import ResultCache, file_digest
+from fashionblip2.annotation.openai_batch import OpenAIBatch
+from fashionblip2.annotation.openai_chat import APISettings, OpenAIChat
+from fashionblip2.annotation.pricing import is_paid
 from fashionblip2.annotation.prompts import PromptTemplate
 from fashionblip2.annotation.runner import CAPTION_FAILED, Outcome, annotate
 from fashionblip2.annotation.validation import check_caption, check_modification
@@ -33,9 +28,10 @@ BACKENDS = {
 
 
 def make_backend(stage: str, settings: dict[str, Any], *, batch_state: str | None = None):
-    """The stage's backend from its config section; ``batch_state``: where openai-batch records its
-    batches (beside the shard), so that a killed job resumes them."""
-    name = settings.get("backend")
+    """The stage's backend from its config section (annotation.<stage>, every key present);
+    ``batch_state``: where openai-batch records its batches (beside the shard), so that a killed job
+    resumes them."""
+    name = settings["backend"]
     if name not in BACKENDS[stage]:
         raise BadInputError(f"annotation.{stage}.backend {name!r}: expected one of {', '.join(BACKENDS[stage])}")
     if name == "metadata":
@@ -45,38 +41,37 @@ def make_backend(stage: str, settings: dict[str, Any], *, batch_state: str | Non
     if name == "transformers":
         return TransformersCaptioner(
             settings["model_path"],
-            max_new_tokens=settings.get("max_new_tokens", 128),
-            batch_size=settings.get("batch_size", 8),
-            device=settings.get("device", "auto"),
+            max_new_tokens=settings["max_new_tokens"],
+            batch_size=settings["batch_size"],
+            device=settings["device"],
         )
     api = APISettings(
-        base_url=settings.get("base_url") or None,
+        base_url=settings["base_url"] or None,
         model=settings["model"],
-        api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
-        concurrency=settings.get("concurrency", 32),
-        max_retries=settings.get("max_retries", 6),
-        timeout_s=settings.get("timeout_s", 60.0),
-        max_tokens=settings.get("max_new_tokens", 128),
-        temperature=settings.get("temperature", 0.2),
+        api_key_env=settings["api_key_env"],
+        concurrency=settings["concurrency"],
+        max_retries=settings["max_retries"],
+        timeout_s=settings["timeout_s"],
+        max_tokens=settings["max_new_tokens"],
+        temperature=settings["temperature"],
     )
     with_image = stage == "caption"
     if name == "openai-batch":
         return OpenAIBatch(
             api,
             with_image=with_image,
-            poll_s=settings.get("poll_s", 30.0),
-            max_wait_s=settings.get("max_wait_s", 86400),
+            poll_s=settings["poll_s"],
+            max_wait_s=settings["max_wait_s"],
             state_path=batch_state,
-            max_requests=settings.get("batch_max_requests", 50_000),
-            max_bytes=int(settings.get("batch_max_mb", 200) * 1e6),
+            max_requests=settings["batch_max_requests"],
+            max_bytes=int(settings["batch_max_mb"] * 1e6),
         )
     return OpenAIChat(api, with_image=with_image)
 
 
 def checker(stage: str, settings: dict[str, Any]):
-    limit = settings.get("max_words", 150 if stage == "caption" else 60)
     check = check_caption if stage == "caption" else check_modification
-    return lambda text: check(text, limit)
+    return lambda text: check(text, settings["max_words"])
 
 
 def images_to_caption(pairs: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -98,10 +93,10 @@ def caption_requests(images: pd.DataFrame, template: PromptTemplate, settings: d
         keyed = {
             "messages": messages,
             "image_sha256": file_digest(row.path),
-            "max_new_tokens": settings.get("max_new_tokens", 128),
+            "max_new_tokens": settings["max_new_tokens"],
         }
-        if settings.get("backend") in ("openai", "openai-batch"):
-            keyed["temperature"] = settings.get("temperature", 0.2)
+        if is_paid(settings["backend"]):
+            keyed["temperature"] = settings["temperature"]
         requests.append(
             Request(
                 keyed,
@@ -126,10 +121,10 @@ def modification_requests(
             "messages": template.render(
                 category=readable_category(row.category), reference_caption=ref, target_caption=tgt
             ),
-            "max_new_tokens": settings.get("max_new_tokens", 96),
+            "max_new_tokens": settings["max_new_tokens"],
         }
-        if settings.get("backend") in ("openai", "openai-batch"):
-            keyed["temperature"] = settings.get("temperature", 0.2)
+        if is_paid(settings["backend"]):
+            keyed["temperature"] = settings["temperature"]
         requests.append(Request(keyed, {"reference_caption": ref, "target_caption": tgt, "category": row.category}))
     return requests
 
@@ -145,7 +140,7 @@ class StagePlan:
     skipped: dict[str, list[Any]] = field(default_factory=dict)
 
 
-OUTCOME_COLUMNS = ["reference_id", "target_id", "image_id", "text", "status", "reason", "cached", "key"]
+OUTCOME_COLUMNS = ["reference_id", "target_id", "image_id", "text", "status", "reason", "cached", "key", "reasked"]
 
 
 def plan_captions(
@@ -196,6 +191,7 @@ def _frame(ids: dict[str, list[Any]], outcomes: list[Outcome]) -> pd.DataFrame:
             "reason": [o.reason for o in outcomes],
             "cached": [o.cached for o in outcomes],
             "key": [o.key for o in outcomes],
+            "reasked": [o.reasked for o in outcomes],
         }
     )
 

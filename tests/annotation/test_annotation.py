@@ -2,6 +2,7 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 from fashionblip2.annotation.backends import MetadataCaptioner, Request, RulesDiffer, garment_colours
 from fashionblip2.annotation.cache import ResultCache, file_digest, request_key
@@ -84,18 +85,25 @@ def test_the_lexicon_reads_noisy_product_texts():
     assert names_a_difference("is shorter") and not names_a_difference("looks great")
 
 
+def stage_settings(stage: str, **overrides) -> dict:
+    """annotation.<stage> of the default config, with overrides: what the annotate script receives."""
+    return {**yaml.safe_load((REPO / "config.yaml").read_text())["annotation"][stage], **overrides}
+
+
 def test_prompts_name_categories_readably_and_backends_keep_the_raw_one():
     pairs = pd.DataFrame({"reference_id": ["a", "c"], "target_id": ["b", "d"], "category": ["toptee", "t_shirt"]})
     captions = {"a": "A red top.", "b": "A blue top.", "c": "A tee.", "d": "A tee."}
     template = PromptTemplate.load(REPO / "prompts/modification.yaml")
-    toptee, tee = modification_requests(pairs, captions, template, {"backend": "openai"})
+    toptee, tee = modification_requests(pairs, captions, template, stage_settings("modification", backend="openai"))
     prompt = json.dumps(toptee.keyed["messages"])
     assert "Category: top or t-shirt" in prompt and "toptee" not in prompt
     assert "Category: t shirt" in json.dumps(tee.keyed["messages"])
     assert toptee.extra["category"] == "toptee"  # the offline differ reads the dataset's own name
     images = pd.DataFrame({"image_id": ["x"], "path": [str(REPO / "prompts/caption.yaml")], "category": ["toptee"],
                            "product_text": [""], "attributes": [""]})  # fmt: skip
-    (request,) = caption_requests(images, PromptTemplate.load(REPO / "prompts/caption.yaml"), {"backend": "openai"})
+    (request,) = caption_requests(
+        images, PromptTemplate.load(REPO / "prompts/caption.yaml"), stage_settings("caption", backend="openai")
+    )
     assert "the top or t-shirt shown" in request.keyed["messages"][-1]["content"]
 
 
@@ -104,7 +112,7 @@ def test_offline_backends_on_the_tiny_world(tiny_world):
     images = build_manifest(resolved_sources({"fashion200k": {"root": "synthetic"}}, world), progress=False).images
     truth = pd.read_parquet(truth_path).set_index("path")
     template = PromptTemplate.load(REPO / "prompts/caption.yaml")
-    requests = caption_requests(images, template, {"backend": "metadata"})
+    requests = caption_requests(images, template, stage_settings("caption"))
     captions: dict[int, str] = {}
     MetadataCaptioner().generate(requests, lambda i, text, err: captions.__setitem__(i, text))
     assert len(captions) == len(images) and all(check_caption(c, 150) is None for c in captions.values())
@@ -201,4 +209,4 @@ def test_unknown_backends_are_refused():
     with pytest.raises(BadInputError, match="annotation.caption.backend 'rules'"):
         make_backend("caption", {"backend": "rules"})
     with pytest.raises(BadInputError, match="is not a folder"):
-        make_backend("caption", {"backend": "transformers", "model_path": "/nonexistent/vlm"})
+        make_backend("caption", stage_settings("caption", backend="transformers", model_path="/nonexistent/vlm"))

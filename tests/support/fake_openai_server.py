@@ -6,7 +6,14 @@ Faults hit an item (the request's messages) on its first attempt only, with prob
 ``--fail-rate`` (seeded), so that every item succeeds once retried; with ``--persistent`` on every
 attempt (an item that fails until the server is restarted without faults). Each request is logged as a
 JSON line: time, endpoint, item, attempt, what was answered, whether the Authorization header
-carried the expected key (never the key itself).
+carried the expected key (never the key itself). Each batch item the server answers is logged as
+``batch-item``: an item logged twice was paid for twice.
+
+Batch faults: ``--create-faults slow,500-after,500-before`` hits the 1st, 2nd, 3rd create call
+(``slow``: the batch is made, the answer comes after ``--hang`` seconds; ``500-after``: made, then
+a 500; ``500-before``: a 500, nothing made); ``--upload-faults 500-after`` the same for uploads;
+``--fail-first-batch`` fails the first batch with an error and no result; ``--flaky-gets N`` answers
+every Nth GET with a 500.
 
     python tests/support/fake_openai_server.py --port-file /tmp/port --log /tmp/requests.jsonl --fail-rate 0.3
 """
@@ -41,6 +48,13 @@ class State:
         self.log = open(args.log, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the server
         self.faults = [f for f in args.faults.split(",") if f]
         self.injected = 0
+        self.create_faults = [f for f in args.create_faults.split(",") if f]
+        self.upload_faults = [f for f in args.upload_faults.split(",") if f]
+        self.gets = 0
+
+    def next_fault(self, faults: list[str]) -> str:
+        with self.lock:
+            return faults.pop(0) if faults else ""
 
     def record(self, **entry) -> None:
         with self.lock:
@@ -120,16 +134,33 @@ class Handler(BaseHTTPRequestHandler):
             return self.upload(raw)
         if self.path.endswith("/batches"):
             return self.create_batch(json.loads(raw))
+        if self.path.endswith("/cancel"):
+            return self.cancel_batch(self.path.rstrip("/").split("/")[-2])
         self._json(404, {"error": {"message": f"no route {self.path}"}})
 
+    def _visible(self, batch: dict) -> dict:
+        if batch["status"] != "cancelled" and time.time() < batch["created_at"] + self.state.args.batch_seconds:
+            return {**batch, "status": "in_progress", "output_file_id": None, "errors": None}
+        return batch
+
     def do_GET(self):  # noqa: N802
-        parts = self.path.rstrip("/").split("/")
+        s = self.state
+        with s.lock:
+            s.gets += 1
+            flaky = s.args.flaky_gets and s.gets % s.args.flaky_gets == 0
+        if flaky:
+            s.record(endpoint="flaky-get", path=self.path)
+            return self._json(500, {"error": {"message": "server error (flaky GET)"}})
+        path, _, query = self.path.partition("?")
+        parts = path.rstrip("/").split("/")
+        if parts[-1] == "batches":
+            return self.list_batches(dict(p.split("=", 1) for p in query.split("&") if "=" in p))
         if len(parts) >= 2 and parts[-2] == "batches":
-            batch = self.state.batches[parts[-1]]
-            self.state.record(endpoint="batch-retrieve", batch=batch["id"])
-            if time.time() < batch["created_at"] + self.state.args.batch_seconds:
-                return self._json(200, {**batch, "status": "in_progress", "output_file_id": None})
-            return self._json(200, batch)
+            batch = s.batches.get(parts[-1])
+            if batch is None:
+                return self._json(404, {"error": {"message": f"No batch found with id '{parts[-1]}'."}})
+            s.record(endpoint="batch-retrieve", batch=batch["id"])
+            return self._json(200, self._visible(batch))
         if parts[-1] == "content" and parts[-3] == "files":
             data = self.state.files[parts[-2]]
             self.send_response(200)
@@ -183,6 +214,34 @@ class Handler(BaseHTTPRequestHandler):
         content = "" if fault == "empty" else answer(body, item)
         return self._json(200, completion(body, content))
 
+    def list_batches(self, query: dict) -> None:
+        s = self.state
+        newest_first = sorted(s.batches.values(), key=lambda b: int(b["id"].split("-")[1]), reverse=True)
+        if "after" in query:
+            ids = [b["id"] for b in newest_first]
+            newest_first = newest_first[ids.index(query["after"]) + 1 :]
+        limit = int(query.get("limit", 20))
+        page = [self._visible(b) for b in newest_first[:limit]]
+        s.record(endpoint="batch-list", returned=len(page))
+        self._json(
+            200,
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(newest_first) > limit,
+            },
+        )
+
+    def cancel_batch(self, batch_id: str) -> None:
+        batch = self.state.batches.get(batch_id)
+        if batch is None:
+            return self._json(404, {"error": {"message": f"No batch found with id '{batch_id}'."}})
+        self.state.record(endpoint="batch-cancel", batch=batch_id)
+        batch["status"] = "cancelled"
+        return self._json(200, batch)
+
     def upload(self, raw: bytes) -> None:
         msg = BytesParser(policy=policy.default).parsebytes(
             b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + raw
@@ -194,9 +253,12 @@ class Handler(BaseHTTPRequestHandler):
                 content = part.get_payload(decode=True)
             elif name == "purpose":
                 purpose = part.get_payload(decode=True).decode()
-        file_id = f"file-{len(self.state.files) + 1}"
-        self.state.files[file_id] = content
+        with self.state.lock:
+            file_id = f"file-{len(self.state.files) + 1}"
+            self.state.files[file_id] = content
         self.state.record(endpoint="files", file=file_id, lines=content.count(b"\n"), auth_ok=self._auth_ok())
+        if self.state.next_fault(self.state.upload_faults) == "500-after":
+            return self._json(500, {"error": {"message": "server error after the upload"}})
         self._json(
             200,
             {
@@ -211,6 +273,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def create_batch(self, body: dict) -> None:
         s = self.state
+        fault = s.next_fault(s.create_faults)
+        s.record(endpoint="batch-create", fault=fault or None)
+        if fault == "500-before":
+            return self._json(500, {"error": {"message": "server error before the batch was made"}})
+        if s.args.fail_first_batch and not s.batches:
+            return self._failed_batch(body)
         out_lines = []
         lines = [line for line in s.files[body["input_file_id"]].decode().splitlines() if line.strip()]
         # The first batch may expire with only half of its requests answered (--expire-first-batch).
@@ -233,9 +301,10 @@ class Handler(BaseHTTPRequestHandler):
                     }
                 )
             )
-        out_id = f"file-{len(s.files) + 1}"
-        s.files[out_id] = ("\n".join(out_lines) + "\n").encode()
-        batch_id = f"batch-{len(s.batches) + 1}"
+        with s.lock:
+            out_id = f"file-{len(s.files) + 1}"
+            s.files[out_id] = ("\n".join(out_lines) + "\n").encode()
+            batch_id = f"batch-{len(s.batches) + 1}"
         s.batches[batch_id] = {
             "id": batch_id,
             "object": "batch",
@@ -247,8 +316,50 @@ class Handler(BaseHTTPRequestHandler):
             "error_file_id": None,
             "created_at": int(time.time()),
             "request_counts": {"total": len(lines), "completed": len(out_lines), "failed": 0},
+            "metadata": body.get("metadata"),
+            "errors": None,
         }
         s.record(endpoint="batches", batch=batch_id, requests=len(lines), auth_ok=self._auth_ok())
+        self._answer_create(fault, s.batches[batch_id])
+
+    def _answer_create(self, fault: str, batch: dict) -> None:
+        if fault == "slow":  # made, but the answer comes after the client gave up
+            time.sleep(self.state.args.hang)
+        if fault == "500-after":
+            return self._json(500, {"error": {"message": "server error after the batch was made"}})
+        try:
+            return self._json(200, {**batch, "status": "validating"})
+        except OSError:  # the client hung up: it never hears of this batch
+            return None
+
+    def _failed_batch(self, body: dict) -> None:
+        s = self.state
+        batch_id = f"batch-{len(s.batches) + 1}"
+        s.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "failed",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(time.time()),
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+            "errors": {
+                "object": "list",
+                "data": [
+                    {
+                        "code": "token_limit_exceeded",
+                        "message": "Enqueued token limit reached for gpt-4o-mini.",
+                        "param": None,
+                        "line": None,
+                    }
+                ],
+            },
+        }
+        s.record(endpoint="batches", batch=batch_id, requests=0, auth_ok=self._auth_ok())
         self._json(200, {**s.batches[batch_id], "status": "validating"})
 
 
@@ -306,6 +417,10 @@ def main() -> None:
     parser.add_argument("--persistent", action="store_true", help="a faulty item fails on every attempt")
     parser.add_argument("--batch-seconds", type=float, default=0.0, help="how long a batch stays in_progress")
     parser.add_argument("--expire-first-batch", action="store_true", help="the first batch expires half done")
+    parser.add_argument("--create-faults", default="", help="faults of the create calls in turn: slow, 500-after, ...")
+    parser.add_argument("--upload-faults", default="", help="faults of the uploads in turn: 500-after")
+    parser.add_argument("--fail-first-batch", action="store_true", help="the first batch fails with an error")
+    parser.add_argument("--flaky-gets", type=int, default=0, help="every Nth GET answers 500 (0: none)")
     parser.add_argument("--expect-key-env", default="", help="environment variable holding the expected API key")
     args = parser.parse_args()
     Handler.state = State(args)
