@@ -57,22 +57,51 @@ def resolve_tracked(root: Path, patterns: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
-def remote_url(url: str, root: Path) -> str:
-    """A URL with a scheme (s3://, gs://, ssh://, ...) as given; a local folder as an absolute path."""
-    if urlparse(url).scheme and len(urlparse(url).scheme) > 1:
-        return url
-    return str((root / url).resolve())
+DVC_CONFIG = ".dvc/config"
 
 
-def ensure_repository(root: Path, remote: dict) -> None:
-    """`dvc init` once (inside the git checkout) and point the default remote at the configured one."""
+def project_remotes(root: Path) -> dict[str, str]:
+    """The remotes of the committed .dvc/config (not config.local); a local folder as an absolute path
+    (DVC stores a relative one relative to .dvc/)."""
+    listed = dvc("config", "--list", "--project", cwd=root, what="dvc config --list").stdout
+    remotes = {}
+    for line in listed.splitlines():
+        key, _, value = line.partition("=")
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "remote" and parts[2] == "url":
+            local = not urlparse(value).scheme or len(urlparse(value).scheme) == 1  # C:\ is a folder
+            remotes[parts[1]] = str((root / ".dvc" / value).resolve()) if local else value
+    return remotes
+
+
+def sync_remote(root: Path, remote: dict) -> bool:
+    """Make the configured remote (dvc.remote) the default and only remote of the committed
+    .dvc/config, so that a plain `dvc pull` or `dvc push` in any clone uses it and the remote has no
+    second place to drift in. A local folder is given as configured, relative to the checkout: DVC
+    stores it relative to .dvc/, so the committed file names no machine's absolute path. Returns
+    whether .dvc/config changed (then it must be committed)."""
+    config = root / DVC_CONFIG
+    before = config.read_text() if config.exists() else ""
+    for name in project_remotes(root):
+        if name != remote["name"]:
+            dvc("remote", "remove", "--project", name, cwd=root, what="dvc remote remove")
+    dvc("remote", "add", "--project", "--force", "--default", remote["name"], remote["url"], cwd=root,
+        what="dvc remote add")  # fmt: skip
+    changed = config.read_text() != before
+    if changed:
+        log.warning("%s now names dvc.remote (%s: %s): commit it", DVC_CONFIG, remote["name"], remote["url"])
+    return changed
+
+
+def ensure_repository(root: Path, remote: dict) -> bool:
+    """`dvc init` once (a clone has the committed .dvc/), and the configured remote in .dvc/config;
+    returns whether .dvc/config changed."""
     if not (root / ".git").exists():
         raise StoreError(f"{root} is not a git checkout: DVC records what it stores in .dvc files committed to git")
     if not (root / ".dvc").is_dir():
         dvc("init", "--quiet", cwd=root, what="dvc init")
-        dvc("config", "core.analytics", "false", cwd=root, what="dvc config")
-    dvc("remote", "add", "--force", "--default", remote["name"], remote_url(remote["url"], root), cwd=root,
-        what="dvc remote add")  # fmt: skip
+        dvc("config", "--project", "core.analytics", "false", cwd=root, what="dvc config")
+    return sync_remote(root, remote)
 
 
 def dvc_files(root: Path) -> list[Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashionblip2.dvc_store import remote_url, resolve_tracked, tracked_outputs
+from fashionblip2.dvc_store import DVC_CONFIG, project_remotes, resolve_tracked, sync_remote, tracked_outputs
 from tests.conftest import REPO, WORKFLOW_FILES, python_first_env, snakemake
 
 PRESET = ["--configfile", "config/presets/test.yaml", "store.yaml"]
@@ -46,9 +46,11 @@ def planned_rules(dry_run: subprocess.CompletedProcess) -> set[str]:
 def test_push_then_pull_into_a_fresh_clone_recomputes_only_what_was_not_pushed(tmp_path):
     origin = tmp_path / "origin"
     origin.mkdir()
-    for name in [*WORKFLOW_FILES, ".gitignore", "data.dvc"]:
+    for name in [*WORKFLOW_FILES, ".gitignore", "data.dvc", ".dvc", ".dvcignore"]:
         src = REPO / name
         subprocess.run(["cp", "-r", str(src), str(origin / name)], check=True)
+    for scratch in ("cache", "tmp"):  # only what a clone of the repository has
+        subprocess.run(["rm", "-rf", str(origin / ".dvc" / scratch)], check=True)
     remote = tmp_path / "remote"
     (origin / "store.yaml").write_text(yaml.safe_dump({"dvc": {"remote": {"name": "test", "url": str(remote)}}}))
     git(origin, "init", "-q")
@@ -69,18 +71,25 @@ def test_push_then_pull_into_a_fresh_clone_recomputes_only_what_was_not_pushed(t
     assert not (origin / "data/synthetic/world.dvc").exists()  # the world goes through the root data.dvc
     assert "results" not in tracked_outputs(origin)  # results/ is not tracked: Table 1 is remade
     git(origin, "add", ".dvc", ".dvcignore", "data", "data.dvc")
-    # Only .dvc files and DVC's .gitignore files are committed, never the data.
+    # Only .dvc files, DVC's .gitignore files and .dvc/config (now naming this test's remote, from
+    # store.yaml) are committed, never the data.
     staged = git(origin, "diff", "--cached", "--name-only").split()
-    assert staged and all(p.endswith((".dvc", ".gitignore")) or p.startswith(".dvc") for p in staged), staged
+    assert DVC_CONFIG in staged, "store push did not put the configured remote in .dvc/config"
+    assert all(p.endswith((".dvc", ".gitignore")) or p == DVC_CONFIG for p in staged), staged
     git(origin, "commit", "-qm", "DVC: tracked artefacts")
     assert any(remote.rglob("*")), "dvc push wrote nothing to the remote folder"
 
-    # Clone 2: a fresh clone, pull, and Snakemake plans only what was not pushed.
+    # Clone 2: a fresh clone. `dvc status` and `dvc pull` work as typed (the remote comes from the
+    # committed .dvc/config); then `store pull` marks what was pulled as made, and Snakemake plans
+    # only what was not pushed.
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(origin), str(clone))
     assert not (clone / "data/facap").exists()
     before = planned_rules(snakemake(clone, "-n", "results/tables/table1.md", *PRESET))
     assert DATASET_RULES - {"enhfashioniq"} <= before  # without a pull, everything would run
+    typed = subprocess.run(["dvc", "pull"], cwd=clone, capture_output=True, text=True, env=dvc_on_path())
+    assert typed.returncode == 0, typed.stdout + typed.stderr
+    assert (clone / "data/facap").is_dir() and (clone / "data/synthetic/world").is_dir()
     pulled = store(clone, "pull")
     assert pulled.returncode == 0, pulled.stderr
     assert "data/facap" in pulled.stdout and "data/cache" not in pulled.stdout.split("outputs", 1)[1]
@@ -120,9 +129,56 @@ def test_tracked_paths_and_remote_urls(tmp_path):
     assert resolve_tracked(tmp_path, ["data/pairs/*", "models/stage1/*", "models/x"]) == [
         "data/pairs/pairs.parquet", "data/pairs/report.json", "models/x"
     ]  # fmt: skip
-    assert remote_url("s3://bucket/facap", tmp_path) == "s3://bucket/facap"
-    assert remote_url("ssh://user@host/srv/facap", tmp_path) == "ssh://user@host/srv/facap"
-    assert remote_url("../store", tmp_path / "repo") == str((tmp_path / "store").resolve())
+
+
+def dvc_on_path() -> dict[str, str]:
+    """The environment of a user who typed `dvc` after activating the project's environment."""
+    return python_first_env(DVC)
+
+
+def test_dvc_status_works_as_typed_in_a_fresh_clone(tmp_path):
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    for name in (".dvc", ".dvcignore", ".gitignore", "data.dvc", "config.yaml"):
+        subprocess.run(["cp", "-r", str(REPO / name), str(origin / name)], check=True)
+    git(origin, "init", "-q")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-qm", "repository")
+    committed = git(origin, "ls-files").split()
+    assert {".dvc/config", ".dvc/.gitignore", ".dvcignore"} <= set(committed)
+    assert not [p for p in committed if p.startswith((".dvc/cache", ".dvc/tmp"))]
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(origin), str(clone))
+    status = subprocess.run(["dvc", "status"], cwd=clone, capture_output=True, text=True, env=dvc_on_path())
+    # Nothing pulled yet: DVC lists the pinned world as missing here, and exits 0.
+    assert status.returncode == 0 and "data/synthetic/world" in status.stdout, status.stdout + status.stderr
+    # What DVC made while it ran is ignored by git: the clone stays clean.
+    assert git(clone, "status", "--porcelain") == ""
+
+
+def test_the_committed_dvc_config_names_the_configured_remote():
+    remote = yaml.safe_load((REPO / "config.yaml").read_text())["dvc"]["remote"]
+    remotes = project_remotes(REPO)
+    # One remote, the default, where dvc.remote.url points (a local folder beside the checkout).
+    assert remotes == {remote["name"]: str((REPO / remote["url"]).resolve())}
+    listed = subprocess.run([sys.executable, "-m", "dvc", "remote", "default", "--project"], cwd=REPO,
+                            capture_output=True, text=True, check=True, env=DVC)  # fmt: skip
+    assert listed.stdout.strip() == remote["name"]
+    assert str(REPO) not in (REPO / DVC_CONFIG).read_text()  # no machine's absolute path is committed
+
+
+def test_store_keeps_dvc_config_in_step_with_the_workflow_config(tmp_path):
+    git(tmp_path, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=DVC)
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "old", "/srv/old-store"], cwd=tmp_path, check=True,
+                   env=DVC)  # fmt: skip
+    assert sync_remote(tmp_path, {"name": "facap-store", "url": "../facap-dvc-store"})
+    text = (tmp_path / DVC_CONFIG).read_text()
+    assert "old" not in text and "url = ../../facap-dvc-store" in text  # relative to .dvc/, as DVC resolves it
+    assert project_remotes(tmp_path) == {"facap-store": str((tmp_path / "../facap-dvc-store").resolve())}
+    assert not sync_remote(tmp_path, {"name": "facap-store", "url": "../facap-dvc-store"})  # in step: unchanged
+    assert sync_remote(tmp_path, {"name": "lab", "url": "s3://bucket/facap"})
+    assert project_remotes(tmp_path) == {"lab": "s3://bucket/facap"}
 
 
 def dvc_hash(folder: Path, tmp: Path) -> str:
