@@ -27,6 +27,7 @@ include: "rules/common.smk"
 
 
 check_experiment_names()
+check_device_settings()
 
 
 wildcard_constraints:
@@ -46,8 +47,11 @@ include: "rules/evaluation.smk"
 include: "rules/results.smk"
 
 
-onstart:
-    cluster_preflight()
+workflow.onstart(CLUSTER_PREFLIGHT)
+
+
+onsuccess:
+    remove_empty_checkpoint_folders()
 
 
 rule all:

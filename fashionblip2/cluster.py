@@ -254,6 +254,19 @@ def preflight(requests: Iterable[JobRequest], offer: ClusterOffer | None = None)
         )
 
 
+def stop_hook(check: Callable[[], str | None], error: type[Exception]) -> Callable[..., None]:
+    """A Snakemake onstart hook that raises ``error(message)`` when `check` returns a message.
+    Snakemake prints an exception that passed through a Snakefile with those lines as a traceback;
+    raised here, outside any Snakefile, it prints as the message alone."""
+
+    def hook(log: object = None) -> None:
+        message = check()
+        if message:
+            raise error(message)
+
+    return hook
+
+
 def device_conflicts(config: dict, device_rules: dict[str, list[str]]) -> list[str]:
     """Settings that can never run together, named by both keys (checked when the workflow is parsed,
     so that no job is submitted, and retried, only to fail the same way): a CUDA device where

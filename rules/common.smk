@@ -5,8 +5,20 @@ import os
 import shlex
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake_interface_common.exceptions import ApiError
 
-from fashionblip2.cluster import JobRequest, preflight
+from fashionblip2.cluster import (
+    JobRequest,
+    cancel_and_wait,
+    device_conflicts,
+    live_jobs,
+    preflight,
+    read_cluster,
+    run_key,
+    runtime_problem,
+    stop_hook,
+)
 import fashionblip2.config as cfg
 from fashionblip2.config import (
     annotation_answer_settings,
@@ -190,6 +202,31 @@ def rule_gpus(rule_name):
     return rule_spec(rule_name).get("gpu", 0) if config["cluster"]["use_gpus"] else 0
 
 
+# What the preflight read of the cluster: each runtime computed from a job's inputs is checked against
+# it when the job is submitted (filled only on a SLURM run).
+CLUSTER = {}
+
+
+def submission_checked(rule_name, compute, partition):
+    """A runtime computed from inputs, checked against the partition's MaxTime when the job is
+    submitted: SLURM accepts such a job where EnforcePartLimits is unset and leaves it PENDING
+    (PartitionTimeLimit) for ever, so the run stops here instead, naming the rule and the limit."""
+
+    def runtime(wildcards, input):
+        minutes = compute(wildcards, input)
+        offer = CLUSTER.get("offer")
+        if offer is not None:
+            problem = runtime_problem(JobRequest(rule_name, partition or None, runtime_min=minutes), offer)
+            if problem is not None:
+                raise WorkflowError(
+                    f"{problem}: not submitted, since SLURM would keep it pending for ever. Set "
+                    f"resources.{rule_name}.runtime or slurm_partition, or throughput: in the config."
+                )
+        return minutes
+
+    return runtime
+
+
 def cluster_resources(rule_name, runtime=None):
     """A rule's resources from `resources.<rule>`; `runtime` is given only by the rules whose runtime
     is their work at the stated throughput (a runtime in config still overrides it). `cluster:` adds
@@ -207,6 +244,8 @@ def cluster_resources(rule_name, runtime=None):
     if out["runtime"] is None:
         raise WorkflowError(f"resources.{rule_name}.runtime is missing from the config")
     partition = spec.get("slurm_partition") or cluster["gpu_partition" if gpus > 0 else "partition"]
+    if callable(out["runtime"]):
+        out["runtime"] = submission_checked(rule_name, out["runtime"], partition)
     if partition:
         out["slurm_partition"] = partition
     if cluster["account"]:
@@ -391,8 +430,37 @@ def known_int(value):
         return 0
 
 
+def device_keys():
+    """The device setting each GPU-capable rule's step follows (the captioner's only when it is a
+    local model)."""
+    keys = {"embed": "embedding.device", "evaluate": "evaluation.device", "search_index": "evaluation.device"}
+    keys |= dict.fromkeys(("pretrain", "train_stage1", "train_stage2"), "training.device")
+    if config["annotation"]["caption"]["backend"] == "transformers":
+        keys |= dict.fromkeys(("caption", "pilot_caption"), "annotation.caption.device")
+    return keys
+
+
+def setting(dotted):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def check_device_settings():
+    """At parse time: a CUDA device where cluster.use_gpus says there is no GPU can never run (a
+    retry would fail the same way), so nothing starts."""
+    rules_of = {}
+    for rule_name, key in device_keys().items():
+        rules_of.setdefault(key, []).append(rule_name)
+    problems = device_conflicts(config, rules_of)
+    if problems:
+        raise WorkflowError("these settings cannot run together:\n  " + "\n  ".join(problems))
+
+
 def cluster_requests():
     """What each rule's jobs of this run will ask SLURM for (the largest request per rule)."""
+    devices = device_keys()
     largest = {}
     for job in workflow.dag.needrun_jobs():
         if job.is_local:
@@ -406,6 +474,8 @@ def cluster_requests():
             cpus=int(res.get("cpus_per_task", 0) or job.threads),
             gpus=int(res.get("gpu", 0) or 0),
             gpu_model=res.get("gpu_model") or None,
+            device_key=devices.get(job.name),
+            device=str(setting(devices[job.name])) if job.name in devices else "",
         )
         size = (request.gpus, request.mem_mb, request.runtime_min, request.cpus)
         if job.name not in largest or size > largest[job.name][0]:
@@ -413,14 +483,75 @@ def cluster_requests():
     return [request for _, request in largest.values()]
 
 
-def cluster_preflight():
-    """On a SLURM run, before the first submission: stop if the cluster can never run a job."""
+def slurm_executor():
+    """The SLURM executor of this run, or None (a local run, a dry run, a job inside SLURM)."""
     plugin = workflow.executor_plugin
-    if plugin is not None and plugin.name == "slurm" and not workflow.dryrun:
+    if plugin is None or plugin.name != "slurm" or workflow.dryrun:
+        return None
+    return workflow.scheduler._executor
+
+
+def tag_jobs(executor):
+    """Name this run's jobs after the working directory's run key (the plugin names every job of a
+    run `<jobname_prefix>_<run uuid>`; the prefix is put in front here, since it depends on the
+    folder and a profile is static): a rerun in the same folder recognises them by the key."""
+    key = run_key(workflow.workdir_init)
+    if not executor.run_uuid.startswith(f"{key}_"):
+        executor.run_uuid = f"{key}_{executor.run_uuid}"
+    return key
+
+
+def settle_leftover_jobs(key, own_name):
+    """Jobs of a killed earlier run in this folder that SLURM still runs would race this run's copies
+    of them (same outputs, same checkpoint folders): cancel them and wait until they are gone
+    (cluster.leftover_jobs: cancel), or stop and list them (stop)."""
+    leftovers = live_jobs(key, own_name)
+    if not leftovers:
+        return
+    listed = ", ".join(j.describe() for j in sorted(leftovers, key=lambda j: int(j.job_id.split("_")[0])))
+    if config["cluster"]["leftover_jobs"] == "stop":
+        raise RuntimeError(
+            f"an earlier run in this folder left live SLURM jobs: {listed}. Wait for them or scancel them, "
+            "then run again (cluster.leftover_jobs: cancel does this for you)"
+        )
+    logger.warning(f"Cancelling the live SLURM jobs an earlier run in this folder left: {listed}")
+    cancel_and_wait(key, own_name)
+
+
+def cluster_preflight():
+    """On a SLURM run, before the first submission: tag this run's jobs, settle the jobs a killed
+    earlier run left, and check that the cluster can run every job. Returns why the run must stop,
+    or None (raised by stop_hook, so that the message prints without Snakefile lines)."""
+    executor = slurm_executor()
+    if executor is None:
+        return None
+    try:
+        key = tag_jobs(executor)
+        settle_leftover_jobs(key, executor.run_uuid)
+        CLUSTER["offer"] = read_cluster()
+        preflight(cluster_requests(), CLUSTER["offer"])
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+# Snakemake prints an ApiError as its message alone.
+CLUSTER_PREFLIGHT = stop_hook(cluster_preflight, ApiError)
+
+
+def remove_empty_checkpoint_folders():
+    """After a complete run: each training run removes its own checkpoint folder when its model is
+    written; the per-stage folders above them (and the checkpoint folder, when it is the
+    workflow's own) go too once empty."""
+    root = config["training"]["checkpoint_dir"]
+    folders = [RUN["checkpoints"][name] for name in ("stage1", "stage2")]
+    if not os.path.isabs(root):
+        folders.append(root)
+    for folder in folders:
         try:
-            preflight(cluster_requests())
-        except RuntimeError as e:  # a message for the user, not a traceback
-            raise WorkflowError(str(e)) from None
+            os.rmdir(folder)
+        except OSError:  # missing, or not empty (another run's checkpoints): left alone
+            pass
 
 
 # --- runtime requests from throughput (config `throughput:`, the one place) -------------------------

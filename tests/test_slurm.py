@@ -7,18 +7,23 @@ start fails the test with the reason; elsewhere the test is skipped with the rea
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from fashionblip2.cluster import run_key
 from tests.conftest import python_first_env, require_service, snakemake
 from tests.support.slurm_cluster import SlurmCluster, missing_requirements
 
 TARGET = "results/tables/table1.md"
+BACKBONE = "models/backbone"
 # Outputs whose bytes must not depend on the executor (reports carry times, so they are left out).
 COMPARED = [
     "data/manifest/images.parquet",
@@ -60,19 +65,48 @@ def cpu_only_cluster(tmp_path_factory):
     cluster.stop()
 
 
-def run_profile(cluster: SlurmCluster, workdir: Path, target: str, *configfiles: str) -> subprocess.CompletedProcess:
-    """`snakemake --profile slurm <target>` on the tiny preset, with the test cluster's environment."""
-    # Jobs inherit this environment: the project's python first on PATH, and the cluster's config.
-    env = python_first_env(cluster.env, cluster.bin)
-    args = [
+def profile_args(target: str, *configfiles: str) -> list[str]:
+    """`snakemake --profile slurm <target>` on the tiny preset, polling every second."""
+    return [
         sys.executable, "-m", "snakemake", "--profile", "slurm", target,
         "--configfile", "config/presets/test.yaml", *configfiles,
         # Without SLURM accounting, job states come from squeue (finished jobs stay MinJobAge = 600 s).
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
         "--seconds-between-status-checks", "1", "--slurm-no-account", "--latency-wait", "5",
     ]  # fmt: skip
+
+
+def run_profile(cluster: SlurmCluster, workdir: Path, target: str, *configfiles: str) -> subprocess.CompletedProcess:
+    """`snakemake --profile slurm <target>` on the tiny preset, with the test cluster's environment."""
+    # Jobs inherit this environment: the project's python first on PATH, and the cluster's config.
+    env = python_first_env(cluster.env, cluster.bin)
     # The SLURM executor can wait forever on a broken cluster: a hard limit keeps CI moving.
-    return subprocess.run(["timeout", "-k", "10", "480", *args], cwd=workdir, env=env, capture_output=True, text=True)
+    return subprocess.run(
+        ["timeout", "-k", "10", "480", *profile_args(target, *configfiles)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def kill_during_training(cluster: SlurmCluster, workdir: Path, *configfiles: str) -> None:
+    """Start `--profile slurm models/backbone` and SIGKILL Snakemake (by its PID) once the pretrain
+    job holds its checkpoint folder: the job goes on running in SLURM, as after a lost SSH session."""
+    env = python_first_env(cluster.env, cluster.bin)
+    log = (workdir / "killed_run.log").open("w")
+    proc = subprocess.Popen(profile_args(BACKBONE, *configfiles), cwd=workdir, env=env, stdout=log, stderr=log)
+    lock = workdir / "checkpoints/backbone/holder.json"
+    deadline = time.monotonic() + 300
+    try:
+        while not lock.exists():
+            assert proc.poll() is None, (workdir / "killed_run.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "pretrain never started"
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
 
 
 def submitted_jobs(cluster: SlurmCluster) -> list[dict[str, str]]:
@@ -98,8 +132,16 @@ def copy_workflow(source: Path, dest: Path) -> Path:
 def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(
     slurm_cluster, workflow_copy, tmp_path, server_factory
 ):
+    """Table 1 through sbatch, then pretraining killed mid-run (Snakemake SIGKILLed, its job left in
+    SLURM) and rerun at once: the rerun cancels the leftover job before it submits its own, the two
+    never overlap, and every output, metrics.jsonl included, is the local run's."""
     api = {"backend": "openai", "model": "test-llm", "base_url": server_factory().base_url, "concurrency": 4}
-    overlay = {"cluster": {"partition": "cpu", "gpu_partition": "gpu"}, "annotation": {"modification": api}}
+    overlay = {
+        "cluster": {"partition": "cpu", "gpu_partition": "gpu"},
+        "annotation": {"modification": api},
+        # Long enough to be killed in the middle, with checkpoints to resume from.
+        "training": {"pretrain": {"steps": 30, "checkpoint_every": 5}},
+    }
     (workflow_copy / "cluster.yaml").write_text(yaml.safe_dump(overlay))
     on_slurm = copy_workflow(workflow_copy, tmp_path / "on_slurm")
     proc = run_profile(slurm_cluster, on_slurm, TARGET, "cluster.yaml")
@@ -119,14 +161,34 @@ def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(
         assert job["Partition"] == ("gpu" if gpu_rule else "cpu"), job
         assert ("gpu:1" in job.get("TresPerJob", "")) == gpu_rule, job
     assert sorted((on_slurm / "logs/slurm").rglob("*.log")), "SLURM job logs go to logs/slurm"
+    # Every job carries the folder's run key in its name.
+    assert all(j["JobName"].startswith(f"{run_key(on_slurm)}_") for j in jobs), shown
+    logs = "".join(p.read_text() for p in (on_slurm / "logs/slurm").rglob("*.log"))
+    assert "never awaited" not in logs
 
-    # The same outputs as a local run of the same target.
+    # Killed during pretraining, unlocked, rerun at once.
+    kill_during_training(slurm_cluster, on_slurm, "cluster.yaml")
+    unlock = python_first_env(slurm_cluster.env, slurm_cluster.bin)
+    subprocess.run([*profile_args(BACKBONE, "cluster.yaml"), "--unlock"], cwd=on_slurm, env=unlock, check=True)
+    rerun = run_profile(slurm_cluster, on_slurm, BACKBONE, "cluster.yaml")
+    assert rerun.returncode == 0, f"{rerun.stdout[-3000:]}\n{rerun.stderr[-6000:]}\n{slurm_cluster.logs_tail()}"
+    assert "Cancelling the live SLURM jobs an earlier run in this folder left" in rerun.stderr
+    pretrain = sorted(
+        (j for j in submitted_jobs(slurm_cluster) if j["Comment"] == "rule_pretrain"), key=lambda j: int(j["JobId"])
+    )
+    shown = "\n".join(map(str, pretrain))
+    assert [j["JobState"] for j in pretrain] == ["CANCELLED", "COMPLETED"], shown
+    assert pretrain[0]["EndTime"] <= pretrain[1]["StartTime"], shown  # never two jobs on one folder
+    assert not (on_slurm / "checkpoints").exists()  # no checkpoint folder left, empty or not
+
+    # The same outputs as a local run of the same targets.
     local = copy_workflow(workflow_copy, tmp_path / "local")
-    snakemake(local, "--cores", "2", TARGET, "--configfile", "config/presets/test.yaml", "cluster.yaml")
-    for relative in COMPARED:
+    snakemake(local, "--cores", "2", TARGET, BACKBONE, "--configfile", "config/presets/test.yaml", "cluster.yaml")
+    for relative in [*COMPARED, BACKBONE]:
         assert digest(on_slurm, relative) == digest(local, relative), relative
+    assert f"{BACKBONE}/metrics.jsonl" in digest(on_slurm, BACKBONE)
     # Nothing left to do under either executor.
-    dry = snakemake(on_slurm, "-n", TARGET, "--configfile", "config/presets/test.yaml", "cluster.yaml")
+    dry = snakemake(on_slurm, "-n", TARGET, BACKBONE, "--configfile", "config/presets/test.yaml", "cluster.yaml")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
@@ -142,10 +204,30 @@ def test_a_cluster_that_cannot_run_a_job_says_so_before_anything_is_submitted(cp
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0
     assert "nothing was submitted" in output, output[-4000:]
-    assert "rule embed: asks for 1 GPUs (gpus), but the largest node of partition 'gpu' has 0" in output
+    assert "rule embed: asks for 1 GPUs (gpus), but the largest usable node of partition 'gpu' has 0" in output
+    assert "File " not in output  # the message alone, no traceback lines
     assert submitted_jobs(cpu_only_cluster) == []
 
+    # A combination that can never run is refused when the workflow is parsed, naming both keys.
     (workflow_copy / "cpu.yaml").write_text(yaml.safe_dump({"cluster": {"use_gpus": False}}))
+    (workflow_copy / "cuda.yaml").write_text(yaml.safe_dump({"training": {"device": "cuda"}}))
+    impossible = run_profile(cpu_only_cluster, workflow_copy, target, "cluster.yaml", "cpu.yaml", "cuda.yaml")
+    output = impossible.stdout + impossible.stderr
+    assert impossible.returncode != 0 and "training.device is 'cuda', but cluster.use_gpus is false" in output
+    assert submitted_jobs(cpu_only_cluster) == []
+
+    # A runtime computed from inputs (embed counts its shard's images) is over the short partition's
+    # MaxTime: on a fresh run it is known only when the job is submitted, and the run stops there.
+    (workflow_copy / "short.yaml").write_text(yaml.safe_dump({"resources": {"embed": {"slurm_partition": "short"}}}))
+    too_long = run_profile(cpu_only_cluster, workflow_copy, target, "cluster.yaml", "cpu.yaml", "short.yaml")
+    output = too_long.stdout + too_long.stderr
+    assert too_long.returncode != 0, output[-4000:]
+    assert "rule embed: runtime 6 min, but partition 'short' allows 1 min (MaxTime)" in output, output[-4000:]
+    jobs = submitted_jobs(cpu_only_cluster)
+    assert not [j for j in jobs if j["JobState"] == "PENDING"], jobs
+    assert not [j for j in jobs if j["Comment"].startswith("rule_embed")], jobs
+
+    # Without the short partition the same target runs, every job on CPUs.
     ran = run_profile(cpu_only_cluster, workflow_copy, target, "cluster.yaml", "cpu.yaml")
     assert ran.returncode == 0, f"{ran.stdout[-3000:]}\n{ran.stderr[-6000:]}\n{cpu_only_cluster.logs_tail()}"
     jobs = submitted_jobs(cpu_only_cluster)

@@ -6,6 +6,8 @@ started by hand; `DefMemPerCPU` lets jobs share the node; the job step clears SL
 so an `srun` wrapper first on PATH puts SLURM_CONF back; without accounting, Snakemake polls with
 `squeue`; finished jobs are recorded by SLURM itself in a job-completion file (`jobcomp/filetxt`).
 Two fake GPUs (gres on /dev/null and /dev/zero) let GPU jobs (`--gpus=1`) be scheduled on a machine without one.
+A third partition, `short`, allows one minute (MaxTime=1) and, as SLURM's default configuration does
+(EnforcePartLimits unset), accepts longer jobs and leaves them pending for ever.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ MpiDefault=none
 NodeName={host} CPUs={cpus} RealMemory={memory}{gres} State=UNKNOWN
 PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={host} Default=NO MaxTime=INFINITE State=UP
+PartitionName=short Nodes={host} Default=NO MaxTime=1 State=UP
 """
 
 
