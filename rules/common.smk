@@ -3,6 +3,7 @@ import errno
 import json
 import os
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
@@ -601,3 +602,41 @@ def inference_runtime(wildcards, input):
 
     images = pq.ParquetFile(made(input.manifest)).metadata.num_rows
     return runtime_for(images, config["throughput"]["inference_images_per_s"])
+
+
+# --- the plan (`snakemake --cores 1 plan`) ---------------------------------------------------------
+
+PLAN = "results/plan.md"
+PLAN_JSON = "results/plan.json"
+
+
+def plan_reads():
+    """The files the plan reads when they exist (it makes none of them)."""
+    return [MANIFEST, PAIRS, CAPTIONS, PILOT_PAIRS, PILOT_CAPTIONS, PILOT_MODIFICATIONS]
+
+
+def plan_seen():
+    """The size and time of each file the plan reads, and the result cache's answers: a param, so that
+    the plan is made again when one appears or changes, without making it an input."""
+    seen = {}
+    for path in plan_reads():
+        if os.path.exists(path):
+            stat = os.stat(path)
+            seen[path] = [stat.st_size, stat.st_mtime_ns]
+    cache = config["annotation"]["cache_dir"]
+    if os.path.isdir(cache):
+        seen[cache] = sum(len(files) for _, _, files in os.walk(cache))
+    return as_json(seen)
+
+
+def planning_only():
+    """Whether the command line asks for the plan alone: the workflow is parsed before Snakemake hands
+    over its targets, so they are read from the command line as Snakemake's own parser reads it."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        args, _ = get_argument_parser().parse_known_args(sys.argv[1:])
+    except SystemExit:  # not Snakemake's command line (the API, a test runner)
+        return False
+    targets = set(getattr(args, "targets", None) or [])
+    return bool(targets) and targets <= {"plan", PLAN, PLAN_JSON}
