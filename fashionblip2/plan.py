@@ -458,7 +458,9 @@ def render_markdown(rows: list[Row], summary: dict[str, Any], counts: Counts, no
     for row in rows:
         if row.api_requests:
             lines.append(f"- {row.rule}: {row.basis}")
-    lines += ["", *notes, ""]
+    for note in notes:
+        lines += ["", note]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -608,5 +610,7 @@ def stage_bills(
         "cost. The provider's bill is the reference; a rejected answer asked once more is not counted.",
         "GPU-hours: the work at the speeds of throughput: (work), and what the jobs ask SLURM for, with its "
         "margin and start-up (asked). Disk: the outputs that grow with the data (plan.disk).",
+        "USD left: what the result cache does not hold yet, once the requests themselves are known (the "
+        "manifest and pairs for captions, the captions for modification texts); – is nothing left, or not known.",
     ]
     return bills, prices, pilot_images, notes
