@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fashionblip2.common.issues import InputReport
-from fashionblip2.evaluation.protocol import join_captions, random_caption
+from fashionblip2.datasets.caption_text import join_captions, random_caption
 from fashionblip2.sources.fashioniq import image_key as fashioniq_key
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import Blip2ForImageTextRetrieval, PreTrainedModel
 
 from fashionblip2.model.configuration import FashionBLIP2Config, load_backbone_config
-from fashionblip2.training.distributed import gather_with_grad
+from fashionblip2.model.gather import gather_with_grad
 
 # BLIP-2 retrieval heads that FashionBLIP-2 does not use (it has its own matching heads).
 UNUSED_BACKBONE_PARTS = ("backbone.itm_head.", "backbone.vision_projection.", "backbone.text_projection.")
@@ -242,7 +242,7 @@ class FashionBLIP2(PreTrainedModel):
 
     def contrastive_losses(self, embeddings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """L_CIR (query vs target image) and, with captions, L_CTR (query vs target caption).
-        Under data parallelism the negatives are the whole global batch (see fashionblip2.training.distributed)."""
+        Under data parallelism the negatives are the whole global batch (see fashionblip2.model.gather)."""
         query = gather_with_grad(embeddings["query"])
         losses = {"cir": info_nce(query, gather_with_grad(embeddings["target"]), self.temperature)}
         if "caption" in embeddings:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Blip2Config, Blip2ForImageTextRetrieval
 
+from fashionblip2.model.gather import gather_with_grad
 from fashionblip2.model.modeling import _random_backbone, qformer_text_cls
-from fashionblip2.training.distributed import gather_with_grad
 
 
 class Blip2ImageTextContrastive(nn.Module):

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from fashionblip2.common.issues import BadInputError, InputReport
+from fashionblip2.datasets.caption_text import join_captions
 from fashionblip2.datasets.triplets import read_facap, read_fashioniq_split
-from fashionblip2.evaluation.protocol import join_captions
 
 CRITERIA = ("faithfulness", "details", "saliency")
 SCORES = range(1, 6)

@@ -1,5 +1,6 @@
-"""Data-parallel training helpers (``torchrun``): the process group, and the gathering of embeddings
-across ranks so that the in-batch negatives of the contrastive losses are the whole global batch.
+"""Data-parallel training helpers (``torchrun``): the process group, and the averaging of gradients
+for the gradient cache. The gathering of embeddings across ranks, which makes the in-batch negatives
+of the contrastive losses the whole global batch, belongs to the losses (fashionblip2.model.gather).
 
 Every rank gathers every rank's embeddings (with their autograd graph) and computes the same full
 loss. The backward pass of the gather sums the gradients that reach each rank's embeddings, so a
@@ -19,12 +20,7 @@ import os
 import torch
 import torch.distributed as dist
 
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from fashionblip2.model.gather import world
 
 
 def init_from_env(device: torch.device) -> torch.device:
@@ -36,15 +32,6 @@ def init_from_env(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
-
-
-def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """All ranks' rows of ``t``, in rank order, differentiable; ``t`` itself outside a process group."""
-    if world()[1] == 1:
-        return t
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(t.contiguous()), dim=0)
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:

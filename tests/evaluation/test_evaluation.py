@@ -3,7 +3,8 @@ import random
 import numpy as np
 import pytest
 
-from fashionblip2.evaluation.protocol import fashioniq_summary, join_captions, random_caption, recall_at_k, retrieve
+from fashionblip2.datasets.caption_text import join_captions, random_caption
+from fashionblip2.evaluation.protocol import fashioniq_summary, recall_at_k, retrieve
 
 
 def test_captions_are_joined_as_the_reference_code_does():
