@@ -37,7 +37,8 @@ def answer_tokens(
     """Input and output tokens of these answers, counted as the pre-run estimate counts them
     (:mod:`~fashionblip2.annotation.pricing`), the outputs from the answers themselves."""
     input_tokens = sum(request_tokens(r.keyed["messages"], prices, with_image=with_image) for r in requests)
-    return input_tokens, sum(text_tokens(a or "") for a in answers)
+    # A failed answer is None, or NaN once it has been through a Parquet file.
+    return input_tokens, sum(text_tokens(a) for a in answers if isinstance(a, str))
 
 
 @dataclass

@@ -109,3 +109,12 @@ def test_the_batch_api_pays_half_of_what_the_same_answers_cost_synchronously():
     batch = StageSummary("modification", frame, requests, 100, "openai-batch", 0.02).cost(PRICES)
     offline = StageSummary("modification", frame, requests, 100, "rules", 0.02).cost(PRICES)
     assert synchronous > 0 and batch == pytest.approx(synchronous / 2) and offline == 0
+
+
+def test_failed_answers_read_back_from_parquet_count_no_output_tokens():
+    """A failed answer is NaN once the shard has been through Parquet: it costs no output tokens."""
+    from fashionblip2.annotation.backends import Request
+    from fashionblip2.annotation.pilot import answer_tokens
+
+    requests = [Request({"messages": [{"role": "user", "content": "x" * 40}]}) for _ in range(2)]
+    assert answer_tokens(requests, ["a" * 40, float("nan")], Prices(1.0, 1.0, 0), with_image=False)[1] == 10
