@@ -216,7 +216,8 @@ def submission_checked(rule_name, compute, partition):
     def runtime(wildcards, input):
         minutes = compute(wildcards, input)
         offer = CLUSTER.get("offer")
-        if offer is not None:
+        # A local rule (an API backend's caption jobs) runs in this process, under no partition.
+        if offer is not None and not workflow.is_local(workflow.get_rule(rule_name)):
             problem = runtime_problem(JobRequest(rule_name, partition or None, runtime_min=minutes), offer)
             if problem is not None:
                 raise WorkflowError(

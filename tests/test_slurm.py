@@ -139,8 +139,9 @@ def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(
     overlay = {
         "cluster": {"partition": "cpu", "gpu_partition": "gpu"},
         "annotation": {"modification": api},
-        # Long enough to be killed in the middle, with checkpoints to resume from.
-        "training": {"pretrain": {"steps": 30, "checkpoint_every": 5}},
+        # About 30 s of pretraining (20 steps/s here), with checkpoints to resume from: still running
+        # when the rerun looks (a leftover that finished first has its output adopted, README).
+        "training": {"pretrain": {"steps": 600, "checkpoint_every": 50}},
     }
     (workflow_copy / "cluster.yaml").write_text(yaml.safe_dump(overlay))
     on_slurm = copy_workflow(workflow_copy, tmp_path / "on_slurm")
