@@ -47,6 +47,27 @@ def selected_images(args: argparse.Namespace):
     )
 
 
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """--md and --csv: the files every table script writes, each named by its rule (a .tex or a
+    section's CSV is a flag of the script that writes it), so that a script writes nothing the
+    workflow has not declared."""
+    parser.add_argument("--md", required=True, help="the table in Markdown, with its notes")
+    parser.add_argument("--csv", required=True, help="the table's numbers (intervals as value, low, high)")
+
+
+def table_files(args: argparse.Namespace, sections: dict[str, str] | None = None):
+    """The :class:`~fashionblip2.results.writing.TableFiles` of :func:`add_table_arguments`'s
+    arguments; ``sections``: section heading -> the argument that names its CSV."""
+    from fashionblip2.results.writing import TableFiles
+
+    return TableFiles(
+        args.md,
+        args.csv,
+        getattr(args, "tex", None),
+        {heading: getattr(args, name) for heading, name in (sections or {}).items()},
+    )
+
+
 def add_provenance_arguments(parser: argparse.ArgumentParser) -> None:
     """--data and --run-name: where an output comes from, recorded in it (the rules pass the config's)."""
     parser.add_argument("--data", required=True, choices=["synthetic", "real"], help="synthetic or real data")

@@ -49,11 +49,13 @@ rule caption:
         run_settings=run_only(RUN["caption"]),
         prices=run_only(RUN["prices"]),
         cache=run_only(config["annotation"]["cache_dir"]),
+        batches=run_only_path(CAPTION_BATCHES),
     shell:
         "python workflow_scripts/annotate.py --stage caption --shard {wildcards.shard} --shards {params.shards}"
         " --settings {params.settings:q} --run-settings {params.run_settings:q} --prices {params.prices:q}"
         " --prompt {input.prompt} --manifest {input.manifest} --pairs {input.pairs}"
-        " --cache {params.cache:q} --failures {log.failures} --out {output} 2> {log.run}"
+        " --cache {params.cache:q} --batch-state {params.batches} --failures {log.failures} --out {output}"
+        " 2> {log.run}"
 
 
 rule gather_captions:
@@ -96,11 +98,13 @@ rule modify:
         run_settings=run_only(RUN["modification"]),
         prices=run_only(RUN["prices"]),
         cache=run_only(config["annotation"]["cache_dir"]),
+        batches=run_only_path(MODIFICATION_BATCHES),
     shell:
         "python workflow_scripts/annotate.py --stage modification --shard {wildcards.shard} --shards {params.shards}"
         " --settings {params.settings:q} --run-settings {params.run_settings:q} --prices {params.prices:q}"
         " --prompt {input.prompt} --pairs {input.pairs} --captions {input.captions}"
-        " --cache {params.cache:q} --failures {log.failures} --out {output} 2> {log.run}"
+        " --cache {params.cache:q} --batch-state {params.batches} --failures {log.failures} --out {output}"
+        " 2> {log.run}"
 
 
 # The paid-run pilot (`snakemake --cores 2 pilot`): a seeded sample of pairs through the full run's
@@ -156,11 +160,12 @@ rule pilot_caption:
         run_settings=run_only(RUN["pilot"]["caption"]),
         prices=run_only(RUN["prices"]),
         cache=run_only(config["annotation"]["cache_dir"]),
+        batches=run_only(PILOT_CAPTION_BATCHES),
     shell:
         "python workflow_scripts/annotate.py --stage caption --shard 0 --shards 1 --settings {params.settings:q}"
         " --run-settings {params.run_settings:q} --prices {params.prices:q} --prompt {input.prompt}"
         " --manifest {input.manifest} --pairs {input.pairs} --cache {params.cache:q} --failures {log.failures}"
-        " --out {output} 2> {log.run}"
+        " --batch-state {params.batches} --out {output} 2> {log.run}"
 
 
 rule pilot_modify:
@@ -183,11 +188,12 @@ rule pilot_modify:
         run_settings=run_only(RUN["pilot"]["modification"]),
         prices=run_only(RUN["prices"]),
         cache=run_only(config["annotation"]["cache_dir"]),
+        batches=run_only(PILOT_MODIFICATION_BATCHES),
     shell:
         "python workflow_scripts/annotate.py --stage modification --shard 0 --shards 1 --settings {params.settings:q}"
         " --run-settings {params.run_settings:q} --prices {params.prices:q} --prompt {input.prompt}"
         " --pairs {input.pairs} --captions {input.captions} --cache {params.cache:q} --failures {log.failures}"
-        " --out {output} 2> {log.run}"
+        " --batch-state {params.batches} --out {output} 2> {log.run}"
 
 
 rule pilot:
@@ -200,7 +206,8 @@ rule pilot:
         caption_prompt=config["annotation"]["caption"]["prompt"],
         modification_prompt=config["annotation"]["modification"]["prompt"],
     output:
-        report(PILOT_TABLE, caption="../report/table.rst", category="Tables"),
+        md=report(PILOT_FILES["md"], caption="../report/table.rst", category="Tables"),
+        csv=PILOT_FILES["csv"],
     log:
         "logs/annotation/pilot.log",
     conda:
@@ -213,7 +220,6 @@ rule pilot:
         limits=as_json({s: config["annotation"][s]["max_failed_fraction"] for s in ("caption", "modification")}),
         pilot=as_json(config["pilot"]),
         prices=as_json(config["annotation"]["prices"]),
-        stem=subpath(output[0], strip_suffix=".md"),
         provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/run_pilot.py table --pairs {input.pairs} --manifest {input.manifest}"
@@ -221,7 +227,7 @@ rule pilot:
         " --caption-settings {params.caption:q} --modification-settings {params.modification:q}"
         " --caption-prompt {input.caption_prompt} --modification-prompt {input.modification_prompt}"
         " --limits {params.limits:q} --prices {params.prices:q} --pilot {params.pilot:q} {params.provenance}"
-        " --out {params.stem} 2> {log}"
+        " --md {output.md} --csv {output.csv} 2> {log}"
 
 
 rule gather_modifications:
@@ -294,8 +300,8 @@ rule table1:
         facap=FACAP,
         fashioniq=fashioniq_input(),
     output:
-        md=report(TABLE1, caption="../report/table1.rst", category="Tables"),
-        csv=TABLE1.replace(".md", ".csv"),
+        md=report(TABLE1_FILES["md"], caption="../report/table1.rst", category="Tables"),
+        csv=TABLE1_FILES["csv"],
     log:
         "logs/tables/table1.log",
     conda:
@@ -303,9 +309,8 @@ rule table1:
     resources:
         **cluster_resources("table1"),
     params:
-        stem=subpath(output.md, strip_suffix=".md"),
         fashioniq_root=fashioniq_root(),
         provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/make_table1.py --facap {input.facap} --fashioniq-root {params.fashioniq_root}"
-        " {params.provenance} --out {params.stem} 2> {log}"
+        " {params.provenance} --md {output.md} --csv {output.csv} 2> {log}"

@@ -60,14 +60,34 @@ MODIFICATIONS_REPORT = "data/annotation/modifications_report.json"
 PILOT_PAIRS = "data/pilot/pairs.parquet"
 PILOT_CAPTIONS = "data/pilot/captions.parquet"
 PILOT_MODIFICATIONS = "data/pilot/modifications.parquet"
-PILOT_TABLE = "results/tables/pilot.md"
+# openai-batch's record of its batches, one per shard: not a Snakemake output, since Snakemake removes
+# a failed job's outputs, and this file is what lets the retry of a failed job pay for nothing again.
+CAPTION_BATCHES = "data/annotation/captions/{shard}.batches.json"
+MODIFICATION_BATCHES = "data/annotation/modifications/{shard}.batches.json"
+PILOT_CAPTION_BATCHES = "data/pilot/captions.batches.json"
+PILOT_MODIFICATION_BATCHES = "data/pilot/modifications.batches.json"
+
+
+def table_files(stem, *, tex=False, sections=()):
+    """Every file of one table, declared here once: <stem>.md (its report item), .csv, .tex if it has
+    one, and <stem>_<section>.csv per extra section. The rules pass each to the script by name."""
+    files = {"md": f"{stem}.md", "csv": f"{stem}.csv"}
+    if tex:
+        files["tex"] = f"{stem}.tex"
+    return files | {name: f"{stem}_{name}.csv" for name in sections}
+
+
+PILOT_FILES = table_files("results/tables/pilot")
+PILOT_TABLE = PILOT_FILES["md"]
 FACAP = "data/facap"
 ENHFASHIONIQ = "data/enhfashioniq"
-TABLE1 = "results/tables/table1.md"
+TABLE1_FILES = table_files("results/tables/table1")
+TABLE1 = TABLE1_FILES["md"]
 QUALITY_SAMPLE = "results/quality/sample"
 QUALITY_KIT = "results/quality/kit"
 QUALITY_AUTOMATIC = "results/quality/automatic"
-TABLE2 = "results/tables/table2.md"
+TABLE2_FILES = table_files("results/tables/table2", sections=["agreement"])
+TABLE2 = TABLE2_FILES["md"]
 
 TRAINED_TOKENIZER = "models/tokenizer"
 TRAINED_BACKBONE = "models/backbone"
@@ -75,8 +95,14 @@ MODEL = "models/{stage}/{variant}"
 EVALUATION = "results/eval/{stage}/{variant}/{dataset}.json"
 RANKINGS = "results/eval/{stage}/{variant}/{dataset}_rankings.parquet"
 SEARCH_INDEX = "results/index/{stage}/{variant}"
-TABLES = {n: f"results/tables/table{n}.md" for n in (3, 4, 5)}
-FIGURE5 = "results/figures/figure5.png"
+EXPERIMENT_TABLE_FILES = table_files("results/tables/table{number}", tex=True, sections=["differences"])
+TABLES = {n: EXPERIMENT_TABLE_FILES["md"].format(number=n) for n in (3, 4, 5)}
+FIGURE5_FILES = {
+    "png": "results/figures/figure5.png",
+    "csv": "results/figures/figure5.csv",
+    "differences": "results/figures/figure5_differences.csv",
+}
+FIGURE5 = FIGURE5_FILES["png"]
 FIGURE6 = "results/figures/figure6.png"
 EVAL_DATASETS = ["fashioniq", "enhfashioniq"]
 
@@ -404,6 +430,11 @@ def run_only(value):
     return lambda wildcards, resources: value
 
 
+def run_only_path(pattern):
+    """A path with wildcards as a :func:`run_only` param (a file a job keeps between runs)."""
+    return lambda wildcards, resources: pattern.format(**wildcards)
+
+
 RUN = {
     "provenance": f"--data {data_kind()} --run-name {shlex.quote(config['run_name'])}",
     "caption": as_json(annotation_run_settings(config, "caption")),
@@ -498,6 +529,11 @@ def tag_jobs(executor):
     run `<jobname_prefix>_<run uuid>`; the prefix is put in front here, since it depends on the
     folder and a profile is static): a rerun in the same folder recognises them by the key."""
     key = run_key(workflow.workdir_init)
+    if not isinstance(getattr(executor, "run_uuid", None), str):
+        raise RuntimeError(
+            "the SLURM executor plugin has no run_uuid (a version this workflow does not know): "
+            "its jobs cannot be tagged, so a rerun could not find them"
+        )
     if not executor.run_uuid.startswith(f"{key}_"):
         executor.run_uuid = f"{key}_{executor.run_uuid}"
     return key

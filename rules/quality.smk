@@ -78,9 +78,9 @@ rule table2:
         sample=QUALITY_SAMPLE,
         annotations=lambda wildcards: quality_annotations(),
     output:
-        md=report(TABLE2, caption="../report/table2.rst", category="Tables"),
-        csv=TABLE2.replace(".md", ".csv"),
-        agreement=TABLE2.replace(".md", "_agreement.csv"),
+        md=report(TABLE2_FILES["md"], caption="../report/table2.rst", category="Tables"),
+        csv=TABLE2_FILES["csv"],
+        agreement=TABLE2_FILES["agreement"],
     log:
         "logs/tables/table2.log",
     conda:
@@ -88,9 +88,9 @@ rule table2:
     resources:
         **cluster_resources("table2"),
     params:
-        stem=subpath(output.md, strip_suffix=".md"),
         automatic="--automatic" if uses_automatic_annotators() else "",
         provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/make_table2.py --sample {input.sample} --annotations {input.annotations}"
-        " {params.automatic} {params.provenance} --out {params.stem} 2> {log}"
+        " {params.automatic} {params.provenance} --md {output.md} --csv {output.csv} --agreement {output.agreement}"
+        " 2> {log}"

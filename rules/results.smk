@@ -13,10 +13,10 @@ rule table:
     input:
         unpack(table_inputs),
     output:
-        md=report("results/tables/table{number}.md", caption="../report/table.rst", category="Tables"),
-        csv="results/tables/table{number}.csv",
-        tex="results/tables/table{number}.tex",
-        differences="results/tables/table{number}_differences.csv",
+        md=report(EXPERIMENT_TABLE_FILES["md"], caption="../report/table.rst", category="Tables"),
+        csv=EXPERIMENT_TABLE_FILES["csv"],
+        tex=EXPERIMENT_TABLE_FILES["tex"],
+        differences=EXPERIMENT_TABLE_FILES["differences"],
     log:
         "logs/results/table{number}.log",
     wildcard_constraints:
@@ -29,21 +29,21 @@ rule table:
         spec=lambda wc: json.dumps(config["experiments"][f"table{wc.number}"]),
         variants=table_variants,
         bootstrap=json.dumps(config["evaluation"]["bootstrap"]),
-        stem=subpath(output.md, strip_suffix=".md"),
         provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/make_results.py table{wildcards.number} --spec {params.spec:q}"
         " --variants {params.variants:q} --results {input.results} --rankings {input.rankings}"
-        " --bootstrap {params.bootstrap:q} {params.provenance} --out {params.stem} 2> {log}"
+        " --bootstrap {params.bootstrap:q} {params.provenance} --md {output.md} --csv {output.csv}"
+        " --tex {output.tex} --differences {output.differences} 2> {log}"
 
 
 rule figure5:
     input:
         **evaluations([("stage1", name) for _, name in figure5_variants()]),
     output:
-        png=report(FIGURE5, caption="../report/figure5.rst", category="Figures"),
-        csv=FIGURE5.replace(".png", ".csv"),
-        differences=FIGURE5.replace(".png", "_differences.csv"),
+        png=report(FIGURE5_FILES["png"], caption="../report/figure5.rst", category="Figures"),
+        csv=FIGURE5_FILES["csv"],
+        differences=FIGURE5_FILES["differences"],
     log:
         "logs/results/figure5.log",
     conda:
@@ -56,7 +56,8 @@ rule figure5:
         provenance=run_only(RUN["provenance"]),
     shell:
         "python workflow_scripts/make_results.py figure5 --spec {params.spec:q} --results {input.results}"
-        " --rankings {input.rankings} --bootstrap {params.bootstrap:q} {params.provenance} --out {output.png} 2> {log}"
+        " --rankings {input.rankings} --bootstrap {params.bootstrap:q} {params.provenance} --out {output.png}"
+        " --csv {output.csv} --differences {output.differences} 2> {log}"
 
 
 rule figure6:

@@ -23,7 +23,7 @@ GROUND_TRUTH_READERS: set[str] = {"auto_annotate"}
 
 
 @pytest.mark.e2e
-def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
+def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory):
     snakemake(workflow_copy, "--cores", "2", "all", "--configfile", "config/presets/test.yaml")
     for tree in ("fashion200k/labels", "deepfashion_mm/labels/shape", "fashioniq/captions"):
         assert (workflow_copy / "data/synthetic/world" / tree).is_dir()
@@ -190,6 +190,52 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy):
         rep = json.loads((workflow_copy / "data/annotation" / name).read_text())
         assert rep["answered_from_cache"] == rep["ok"] > 0
     assert len(list((workflow_copy / "data/cache").rglob("*.json"))) == cached
+
+    # openai-batch through the workflow, against the loopback server: each shard records its batches.
+    server = server_factory()
+    batch = {"backend": "openai-batch", "model": "test-llm", "base_url": server.base_url, "poll_s": 0.05}
+    (workflow_copy / "batch.yaml").write_text(yaml.safe_dump({"annotation": {"modification": batch}}))
+    configs = ["config/presets/test.yaml", "batch.yaml"]
+    snakemake(workflow_copy, "--cores", "2", "data/annotation/modifications_report.json", "--configfile", *configs)
+    shards = len(list((workflow_copy / "data/annotation/modifications").glob("*.parquet")))
+    assert len(list((workflow_copy / "data/annotation/modifications").glob("*.batches.json"))) == shards
+    assert len(server.requests("batches")) == shards
+
+    # Every file the runs left is declared by a rule (or is one the workflow keeps between runs).
+    declared = declared_paths(workflow_copy, ["all", "pilot"], configs)
+    assert undeclared_files(workflow_copy, declared) == []
+    (workflow_copy / "results/tables/table3_extra.csv").write_text("a file no rule declares\n")
+    assert undeclared_files(workflow_copy, declared) == ["results/tables/table3_extra.csv"]
+
+
+def declared_paths(workdir, targets: list[str], configfiles: list[str]) -> tuple[set[str], list[str]]:
+    """The outputs of every job the targets need (Snakemake's summary), and the patterns of the files
+    jobs keep between runs that are no outputs (rules/common.smk's *_BATCHES, the result cache)."""
+    summary = snakemake(workdir, "--summary", *targets, "--configfile", *configfiles).stdout.splitlines()
+    start = next(i for i, line in enumerate(summary) if line.startswith("output_file\t"))
+    outputs = {line.split("\t")[0] for line in summary[start + 1 :] if line.strip()}
+    common = (REPO / "rules/common.smk").read_text()
+    kept = [re.sub(r"\{\w+\}", "*", p) for p in re.findall(r'^\w+_BATCHES = "([^"]+)"$', common, flags=re.M)]
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert kept, "rules/common.smk declares no batch state files: update this test"
+    return outputs, [*kept, f"{config['annotation']['cache_dir']}/**"]
+
+
+def undeclared_files(workdir, declared: tuple[set[str], list[str]]) -> list[str]:
+    """Files under data/, results/ and models/ that are neither a declared output, nor inside a
+    declared folder, nor a kept file."""
+    from fnmatch import fnmatch
+
+    outputs, kept = declared
+    out = []
+    for root in ("data", "results", "models"):
+        for path in sorted((workdir / root).rglob("*")):
+            name = path.relative_to(workdir).as_posix()
+            if not path.is_file() or name in outputs or any(fnmatch(name, k) for k in kept):
+                continue
+            if not any(name.startswith(f"{o}/") for o in outputs):
+                out.append(name)
+    return out
 
 
 def planned_jobs(workdir, overlay: dict, files: dict | None = None) -> dict[str, int]:

@@ -12,7 +12,8 @@ Example:
         --run-settings '{"concurrency": 32, "max_failed_fraction": 0.02, "max_retries": 6, "timeout_s": 60}' \\
         --prices '{"image_tokens": 85, "input_per_million": 0.15, "output_per_million": 0.6}' \\
         --prompt prompts/caption.yaml --manifest data/manifest/images.parquet --pairs data/pairs/pairs.parquet \\
-        --cache data/cache --failures logs/annotation/caption_0_failures.tsv \\
+        --cache data/cache --batch-state data/annotation/captions/0.batches.json \\
+        --failures logs/annotation/caption_0_failures.tsv \\
         --out data/annotation/captions/0.parquet
 """
 
@@ -63,6 +64,9 @@ def main() -> None:
     parser.add_argument("--captions", help="modification stage: the gathered captions (Parquet)")
     parser.add_argument("--cache", required=True, help="result cache folder")
     parser.add_argument("--out", required=True, help="output shard (Parquet)")
+    parser.add_argument(
+        "--batch-state", required=True, help="openai-batch: where the shard records its batches (kept between runs)"
+    )
     parser.add_argument("--failures", help="where the failed items are listed (TSV), written whatever the outcome")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -72,8 +76,7 @@ def main() -> None:
     template = PromptTemplate.load(args.prompt)
     pairs = pd.read_parquet(args.pairs)
     cache = ResultCache(args.cache)
-    out = Path(args.out)
-    backend = make_backend(args.stage, settings, batch_state=str(out.with_name(f"{out.stem}.batches.json")))
+    backend = make_backend(args.stage, settings, batch_state=args.batch_state)
     if args.stage == "caption":
         plan = plan_captions(pairs, pd.read_parquet(args.manifest), template, settings, args.shard, args.shards)
     else:

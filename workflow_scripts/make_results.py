@@ -10,8 +10,9 @@
 Each evaluation is a pair of files written by evaluate_model.py, given in the same order:
 --results <dataset>.json ... --rankings <dataset>_rankings.parquet ...; they say themselves which
 model (stage, variant) and evaluation set they hold. Every number we compute gets a bootstrap 95 %
-interval over queries, and each comparison a table makes a paired test. Tables are written as
-<stem>.md, .csv (with the bounds) and .tex, with <stem>_differences.csv.
+interval over queries, and each comparison a table makes a paired test. A table is written to
+--md, --csv (with the bounds), --tex and --differences; Figure 5 to --out (the PNG), --csv and
+--differences; Figure 6 to --out.
 
 Example:
     python workflow_scripts/make_results.py table3 \\
@@ -19,7 +20,9 @@ Example:
         --results results/eval/stage1/cir_ctr_mh/fashioniq.json results/eval/stage2/cir_mh/fashioniq.json \\
         --rankings results/eval/stage1/cir_ctr_mh/fashioniq_rankings.parquet \\
             results/eval/stage2/cir_mh/fashioniq_rankings.parquet \\
-        --bootstrap '{"samples": 1000, "seed": 0}' --data synthetic --run-name default --out results/tables/table3
+        --bootstrap '{"samples": 1000, "seed": 0}' --data synthetic --run-name default \\
+        --md results/tables/table3.md --csv results/tables/table3.csv --tex results/tables/table3.tex \\
+        --differences results/tables/table3_differences.csv
 """
 
 import argparse
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging, table_files  # noqa: E402
 from fashionblip2.results import experiments as ex  # noqa: E402
 from fashionblip2.results.tables import Bootstrap, Evaluations  # noqa: E402
 
@@ -49,25 +52,38 @@ def main() -> None:
     parser.add_argument("--bootstrap", required=True, help='JSON: {"samples": N, "seed": S} (evaluation.bootstrap)')
     parser.add_argument("--manifest", help="figure6: the manifest (image paths)")
     add_provenance_arguments(parser)
-    parser.add_argument("--out", required=True, help="tables: output stem; figures: the PNG")
+    # The files depend on what is made: checked below, per kind, rather than required of all.
+    parser.add_argument("--md", help="tables: the Markdown table")
+    parser.add_argument("--csv", help="tables and figure5: the numbers (CSV)")
+    parser.add_argument("--tex", help="tables: the LaTeX table")
+    parser.add_argument("--differences", help="tables and figure5: the paired differences (CSV)")
+    parser.add_argument("--out", help="figures: the PNG")
     args = parser.parse_args()
+    needs = {"figure5": ("out", "csv", "differences"), "figure6": ("out",)}.get(
+        args.what, ("md", "csv", "tex", "differences")
+    )
+    missing = [f"--{n}" for n in needs if getattr(args, n) is None]
+    if missing:
+        parser.error(f"{args.what} needs {' '.join(missing)}")
     setup_logging()
     spec = json.loads(args.spec)
     evals = Evaluations.load(args.results, args.rankings, Bootstrap(**json.loads(args.bootstrap)))
     origin = ex.Origin(args.data, args.run_name)
+    files = table_files(args, {ex.DIFFERENCES: "differences"}) if args.what.startswith("table") else None
     if args.what == "table3":
-        ex.write_table3(evals, spec, origin, args.out)
+        ex.write_table3(evals, spec, origin, files)
     elif args.what == "table4":
-        ex.write_table4(evals, spec, origin, args.out)
+        ex.write_table4(evals, spec, origin, files)
     elif args.what == "table5":
         if args.variants is None:
             parser.error("table5 needs --variants")
-        ex.write_table5(evals, spec, json.loads(args.variants), origin, args.out)
+        ex.write_table5(evals, spec, json.loads(args.variants), origin, files)
     elif args.what == "figure5":
-        ex.write_figure5(evals, [tuple(v) for v in spec["variants"]], spec["caption"], origin, args.out)
+        variants = [tuple(v) for v in spec["variants"]]
+        ex.write_figure5(evals, variants, spec["caption"], origin, args.out, args.csv, args.differences)
     else:
         ex.write_figure6(evals, spec, pd.read_parquet(args.manifest), origin, args.out)
-    log.info("wrote %s", args.out)
+    log.info("wrote %s", args.md or args.out)
 
 
 if __name__ == "__main__":

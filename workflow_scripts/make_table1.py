@@ -4,7 +4,7 @@ computed from the files, beside the rows the paper reports.
 
 Example:
     python workflow_scripts/make_table1.py --facap data/facap --fashioniq-root data/synthetic/world/fashioniq \\
-        --data synthetic --run-name default --out results/tables/table1
+        --data synthetic --run-name default --md results/tables/table1.md --csv results/tables/table1.csv
 """
 
 import argparse
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, add_table_arguments, run_main, setup_logging, table_files  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.datasets.table1 import TOKENISATION, facap_rows, fashioniq_row, table1  # noqa: E402
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--facap", required=True, help="the FACap folder")
     parser.add_argument("--fashioniq-root", required=True, help="the FashionIQ folder (its train captions)")
     add_provenance_arguments(parser)
-    parser.add_argument("--out", required=True, help="output stem: writes <stem>.md and <stem>.csv")
+    add_table_arguments(parser)
     args = parser.parse_args()
     setup_logging()
     origin = f"this run ({args.data} data)"
@@ -35,7 +35,7 @@ def main() -> None:
     p = provenance(args.data, args.run_name)
     write_table(
         frame,
-        args.out,
+        table_files(args),
         "Table 1: dataset statistics",
         [
             f"Tokenisation: {TOKENISATION}. Vocabulary size is the number of distinct tokens; "

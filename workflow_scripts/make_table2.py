@@ -7,7 +7,8 @@ with its name and line, and no table is written.
 Example:
     python workflow_scripts/make_table2.py --sample results/quality/sample \\
         --annotations filled/alice.csv filled/bob.csv filled/carol.csv \\
-        --data synthetic --run-name default --out results/tables/table2
+        --data synthetic --run-name default --md results/tables/table2.md --csv results/tables/table2.csv \\
+        --agreement results/tables/table2_agreement.csv
 """
 
 import argparse
@@ -17,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import add_provenance_arguments, add_table_arguments, run_main, setup_logging, table_files  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.quality.table2 import quality_table, read_annotations, read_sample  # noqa: E402
 from fashionblip2.results.writing import write_table  # noqa: E402
@@ -31,13 +32,17 @@ def expand(paths: list[str]) -> list[Path]:
     return out
 
 
+AGREEMENT = "Agreement: Krippendorff's alpha (ordinal)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sample", required=True, help="the quality sample folder (items.csv)")
     parser.add_argument("--annotations", nargs="+", required=True, help="filled score CSVs, or folders of them")
     parser.add_argument("--automatic", action="store_true", help="the score files come from the automatic annotator")
     add_provenance_arguments(parser)
-    parser.add_argument("--out", required=True, help="output stem: writes <stem>.md and <stem>.csv")
+    add_table_arguments(parser)
+    parser.add_argument("--agreement", required=True, help="the agreement section's numbers (CSV)")
     args = parser.parse_args()
     setup_logging()
     items = read_sample(args.sample)
@@ -55,7 +60,7 @@ def main() -> None:
     p = provenance(args.data, args.run_name)
     write_table(
         table,
-        args.out,
+        table_files(args, {AGREEMENT: "agreement"}),
         "Table 2: quality of the modification texts (1 worst - 5 best)",
         [
             "Mean ± std over every sampled triplet and annotator; the paper samples 216 triplets per dataset.",
@@ -64,7 +69,7 @@ def main() -> None:
             "Agreement: Krippendorff's alpha (ordinal) per criterion, over all items and per dataset (below).",
             f"Provenance: {p['data']} data, run {p['run_name']}, commit {p['commit']}.",
         ],
-        sections={"Agreement: Krippendorff's alpha (ordinal)": agreement},
+        sections={AGREEMENT: agreement},
     )
 
 

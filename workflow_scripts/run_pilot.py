@@ -19,7 +19,7 @@ Examples:
         --limits '{"caption": 0.02, "modification": 0.2}' \\
         --prices '{"image_tokens": 85, "input_per_million": 0.15, "output_per_million": 0.6}' \\
         --pilot '{"budget_usd": 0, "length_tolerance": 0.3, "pairs": 100, "seed": 0}' \\
-        --data synthetic --run-name default --out results/tables/pilot
+        --data synthetic --run-name default --md results/tables/pilot.md --csv results/tables/pilot.csv
 """
 
 import argparse
@@ -36,7 +36,13 @@ from fashionblip2.annotation.pilot import StageSummary, pilot_table, sample_pair
 from fashionblip2.annotation.pricing import Prices  # noqa: E402
 from fashionblip2.annotation.prompts import PromptTemplate  # noqa: E402
 from fashionblip2.annotation.stages import images_to_caption, plan_captions, plan_modifications  # noqa: E402
-from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
+from fashionblip2.cli_utils import (  # noqa: E402
+    add_provenance_arguments,
+    add_table_arguments,
+    run_main,
+    setup_logging,
+    table_files,
+)
 from fashionblip2.common.io import write_parquet_atomic  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.results.writing import write_table  # noqa: E402
@@ -80,7 +86,7 @@ def table(args) -> None:
         f"{(frame['Verdict'] == 'warn').sum()} warning(s). Data: {p['data']}; config run: {p['run_name']}; "
         f"commit: {p['commit']}.",
     ]
-    write_table(frame, args.out, "Pilot of the paid annotation run, against Table 1 (FACap)", notes)
+    write_table(frame, table_files(args), "Pilot of the paid annotation run, against Table 1 (FACap)", notes)
     for row in frame.itertuples():
         (log.warning if row.Verdict == "warn" else log.info)("%s: %s [%s]", row.Check, row.Pilot, row.Verdict)
 
@@ -105,7 +111,7 @@ def main() -> None:
     report.add_argument("--prices", required=True, help="JSON: annotation.prices")
     report.add_argument("--pilot", required=True, help="JSON: the pilot section")
     add_provenance_arguments(report)
-    report.add_argument("--out", required=True, help="output stem (.md, .csv)")
+    add_table_arguments(report)
     args = parser.parse_args()
     setup_logging()
     if args.command == "sample":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,7 +13,7 @@ from fashionblip2.common.io import write_text_atomic
 from fashionblip2.common.provenance import provenance
 from fashionblip2.results import tables as et
 from fashionblip2.results.figures import contact_sheet, qualitative_row, recall_curve
-from fashionblip2.results.writing import as_numbers, write_table
+from fashionblip2.results.writing import TableFiles, as_numbers, write_table
 from fashionblip2.sources.manifest import manifest_paths
 
 REPORTED_NOTE = (
@@ -53,7 +52,7 @@ DIFFERENCES = "Differences: paired, on the same queries"
 def _write_experiment_table(
     evals: et.Evaluations,
     origin: Origin,
-    stem: str | os.PathLike[str],
+    files: TableFiles,
     title: str,
     table: pd.DataFrame,
     differences: pd.DataFrame,
@@ -72,10 +71,10 @@ def _write_experiment_table(
         *(extra or []),
         origin.footer(),
     ]
-    write_table(table, stem, title, notes, tex=True, sections={DIFFERENCES: differences})
+    write_table(table, files, title, notes, sections={DIFFERENCES: differences})
 
 
-def write_table3(evals: et.Evaluations, spec: dict[str, str], origin: Origin, stem: str | os.PathLike[str]) -> None:
+def write_table3(evals: et.Evaluations, spec: dict[str, str], origin: Origin, files: TableFiles) -> None:
     about = [
         "Recall@K in percent on FashionIQ val (two captions joined, reference not removed from the ranking); "
         "Avg = (mean R@10 + mean R@50) / 2.",
@@ -85,7 +84,7 @@ def write_table3(evals: et.Evaluations, spec: dict[str, str], origin: Origin, st
     _write_experiment_table(
         evals,
         origin,
-        stem,
+        files,
         "Table 3: FashionIQ validation, without and with fine-tuning",
         et.table3(evals, spec, origin.rows),
         et.table3_comparisons(evals, spec),
@@ -95,9 +94,7 @@ def write_table3(evals: et.Evaluations, spec: dict[str, str], origin: Origin, st
     )
 
 
-def write_table4(
-    evals: et.Evaluations, spec: list[dict[str, str]], origin: Origin, stem: str | os.PathLike[str]
-) -> None:
+def write_table4(evals: et.Evaluations, spec: list[dict[str, str]], origin: Origin, files: TableFiles) -> None:
     about = [
         "Avg = (mean R@10 + mean R@50) / 2 over dress, shirt and toptee, on FashionIQ val and enhFashionIQ.",
         "Without FACap: fine-tuned on FashionIQ straight from the pretrained backbone. The SPRC-style row is our "
@@ -106,7 +103,7 @@ def write_table4(
     _write_experiment_table(
         evals,
         origin,
-        stem,
+        files,
         "Table 4: impact of FACap pretraining",
         et.table4(evals, spec, origin.rows),
         et.table4_comparisons(evals, spec),
@@ -120,7 +117,7 @@ def write_table5(
     names: list[str],
     variants: dict[str, dict[str, Any]],
     origin: Origin,
-    stem: str | os.PathLike[str],
+    files: TableFiles,
 ) -> None:
     about = [
         "Avg recall ((mean R@10 + mean R@50) / 2) on FashionIQ val and enhFashionIQ, after FACap only "
@@ -129,7 +126,7 @@ def write_table5(
     _write_experiment_table(
         evals,
         origin,
-        stem,
+        files,
         "Table 5: ablation of FashionBLIP-2's components",
         et.table5(evals, names, variants, origin.rows),
         et.table5_comparisons(evals, names),
@@ -139,14 +136,19 @@ def write_table5(
 
 
 def write_figure5(
-    evals: et.Evaluations, names: list[tuple[float, str]], epochs_note: str, origin: Origin, png: str | os.PathLike[str]
+    evals: et.Evaluations,
+    names: list[tuple[float, str]],
+    epochs_note: str,
+    origin: Origin,
+    png: str | os.PathLike[str],
+    csv: str | os.PathLike[str],
+    differences: str | os.PathLike[str],
 ) -> None:
-    """The curve (with its 95 % band), its numbers as ``.csv`` (with bounds) and the paired differences
-    between consecutive fractions as ``_differences.csv``."""
+    """The curve (with its 95 % band), its numbers with their bounds (``csv``) and the paired
+    differences between consecutive fractions (``differences``)."""
     series, frame = et.fraction_series(evals, names)
-    stem = Path(png).with_suffix("")
-    write_text_atomic(f"{stem}_differences.csv", as_numbers(et.figure5_comparisons(evals, names)).to_csv(index=False))
-    write_text_atomic(Path(png).with_suffix(".csv"), as_numbers(frame).to_csv(index=False))
+    write_text_atomic(differences, as_numbers(et.figure5_comparisons(evals, names)).to_csv(index=False))
+    write_text_atomic(csv, as_numbers(frame).to_csv(index=False))
     caption = f"{epochs_note} Bands: {evals.bootstrap.level:.0%} bootstrap intervals over queries. {origin.footer()}"
     recall_curve(
         [f for f, _ in names],

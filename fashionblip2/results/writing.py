@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -59,28 +59,41 @@ def _latex(frame: pd.DataFrame) -> str:
     return frame.to_latex(index=False, na_rep="--", escape=True, float_format="%.2f")
 
 
+@dataclass(frozen=True)
+class TableFiles:
+    """Every file of one table, each named by the rule that declares it (rules/common.smk,
+    table_files): the .md, the .csv, the .tex if the table has one, and a CSV per extra section
+    (keyed by the section's heading)."""
+
+    md: str
+    csv: str
+    tex: str | None = None
+    sections: dict[str, str] = field(default_factory=dict)
+
+
 def write_table(
     frame: pd.DataFrame,
-    stem: str | os.PathLike[str],
+    files: TableFiles,
     title: str,
     notes: list[str],
-    tex: bool = False,
     sections: dict[str, pd.DataFrame] | None = None,
 ) -> None:
-    """``<stem>.md`` (title, table, notes, then each extra section) and ``<stem>.csv`` (and ``<stem>.tex``,
-    and ``<stem>_<section>.csv`` per section), each written atomically. The .md is written last: it is
-    the rule's declared output, so it exists only when the others do."""
+    """The .md (title, table, notes, then each extra section), the .csv, the .tex when declared, and
+    each section's CSV, each written atomically. The .md is written last: it is the rule's report
+    item, so it exists only when the others do."""
     sections = sections or {}
+    undeclared = sorted(set(sections) - set(files.sections))
+    if undeclared:
+        raise ValueError(f"no file declared for the section(s) {undeclared} of {files.md}")
     for name, part in sections.items():
-        csv = as_numbers(part).to_csv(index=False)
-        write_text_atomic(f"{stem}_{name.split(':')[0].lower().replace(' ', '_')}.csv", csv)
-    write_text_atomic(f"{stem}.csv", as_numbers(frame).to_csv(index=False))
-    if tex:
+        write_text_atomic(files.sections[name], as_numbers(part).to_csv(index=False))
+    write_text_atomic(files.csv, as_numbers(frame).to_csv(index=False))
+    if files.tex:
         body = _latex(frame)
         comments = "".join(f"% {n}\n" for n in [title, *notes])
-        write_text_atomic(f"{stem}.tex", comments + body)
+        write_text_atomic(files.tex, comments + body)
     md = [f"# {title}", "", _markdown(frame, 2), ""]
     md += [f"- {n}" for n in notes]
     for name, part in sections.items():
         md += ["", f"## {name}", "", _markdown(part, 3)]
-    write_text_atomic(f"{stem}.md", "\n".join(md) + "\n")
+    write_text_atomic(files.md, "\n".join(md) + "\n")

@@ -244,6 +244,8 @@ def caption_command(stage: dict, manifest: Path, pairs: Path, cache: Path, out: 
         str(pairs),
         "--cache",
         str(cache),
+        "--batch-state",
+        str(out.with_name(f"{out.stem}.batches.json")),
         "--out",
         str(out),
         "--no-progress",

@@ -116,7 +116,8 @@ def test_table2_script_fails_cleanly_and_writes_no_table(tmp_path, sample):
     bad = score_file(tmp_path / "bad.csv", [*GOOD[:3], ["q0004", 9, 3, 3, "ann"]])
     proc = subprocess.run(
         [sys.executable, REPO / "workflow_scripts/make_table2.py", "--sample", tmp_path / "sample",
-         "--annotations", bad, "--data", "real", "--run-name", "test", "--out", tmp_path / "table2"],
+         "--annotations", bad, "--data", "real", "--run-name", "test", "--md", tmp_path / "table2.md",
+         "--csv", tmp_path / "table2.csv", "--agreement", tmp_path / "table2_agreement.csv"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2 and "bad.csv, line 5: item q0004, faithfulness: score '9'" in proc.stderr

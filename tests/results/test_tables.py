@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from fashionblip2.results import tables as et
-from fashionblip2.results.writing import write_table
+from fashionblip2.results.writing import TableFiles, write_table
 
 CATEGORIES = ("dress", "shirt", "toptee")
 
@@ -77,7 +77,7 @@ def test_table3_puts_our_rows_chance_and_reported_rows_apart(evals, tmp_path):
     reported = frame[frame["Rows from"] == et.REPORTED]
     assert len(reported) == len(et.TABLE3_REPORTED)
     assert reported[reported["Model"] == "FashionBLIP-2"]["Avg"].tolist() == [44.6, 65.9]
-    write_table(frame, tmp_path / "t3", "Table 3", ["note"], tex=True)
+    write_table(frame, TableFiles(*(str(tmp_path / f"t3.{e}") for e in ("md", "csv", "tex"))), "Table 3", ["note"])
     md = (tmp_path / "t3.md").read_text()
     assert "reported by the paper" in md
     half = ours.iloc[1]["Avg"].half_width
@@ -145,12 +145,15 @@ def test_comparisons_report_each_pair_with_its_interval_and_test(evals):
 
 
 def test_the_written_table_has_its_differences_section_and_csv(evals, tmp_path):
-    from fashionblip2.results.experiments import Origin, write_table4
+    from fashionblip2.results.experiments import DIFFERENCES, Origin, write_table4
 
-    write_table4(evals, [{"model": "M", "without_facap": "a", "with_facap": "b"}], Origin(), tmp_path / "t4")
+    files = TableFiles(
+        *(str(tmp_path / f"t4.{e}") for e in ("md", "csv", "tex")), {DIFFERENCES: str(tmp_path / "t4_diff.csv")}
+    )
+    write_table4(evals, [{"model": "M", "without_facap": "a", "with_facap": "b"}], Origin(), files)
     md = (tmp_path / "t4.md").read_text()
     assert "## Differences: paired, on the same queries" in md and "bootstrap interval" in md
-    diff = pd.read_csv(tmp_path / "t4_differences.csv")
+    diff = pd.read_csv(tmp_path / "t4_diff.csv")
     assert {"Avg difference", "Avg difference low", "Avg difference high", "p (permutation)"} <= set(diff.columns)
 
 
