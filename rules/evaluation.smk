@@ -22,7 +22,7 @@ rule evaluate:
         **cluster_resources("evaluate", runtime=inference_runtime),
     params:
         fashioniq_root=fashioniq_root(),
-        categories=json.dumps(config["evaluation"]["categories"]),
+        categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
         run_options=run_only(RUN["evaluation"]),
         provenance=run_only(RUN["provenance"]),
     shell:

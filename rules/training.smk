@@ -80,7 +80,7 @@ rule train_stage1:
         checkpoints=run_only(RUN["checkpoints"]["stage1"]),
         provenance=run_only(RUN["provenance"]),
     shell:
-        "{params.launcher} workflow_scripts/train_model.py --stage 1 --variant {wildcards.variant}"
+        "{params.launcher} workflow_scripts/train_model.py --stage stage1 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
         " --manifest {input.manifest} --facap {input.facap} --run {params.run:q} --training {params.run_settings:q}"
         " --checkpoints {params.checkpoints}/{wildcards.variant} --threads {threads} {params.provenance}"
@@ -107,13 +107,13 @@ rule train_stage2:
         model=model_settings,
         run=as_json(training_result_settings(config, "stage2")),
         fashioniq_root=fashioniq_root(),
-        categories=json.dumps(config["evaluation"]["categories"]),
+        categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
         launcher=run_only(RUN["launcher"]["train_stage2"]),
         run_settings=run_only(RUN["training"]),
         checkpoints=run_only(RUN["checkpoints"]["stage2"]),
         provenance=run_only(RUN["provenance"]),
     shell:
-        "{params.launcher} workflow_scripts/train_model.py --stage 2 --variant {wildcards.variant}"
+        "{params.launcher} workflow_scripts/train_model.py --stage stage2 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
         " --manifest {input.manifest} --fashioniq-root {params.fashioniq_root} --categories {params.categories:q}"
         " --run {params.run:q} --training {params.run_settings:q} --checkpoints {params.checkpoints}/{wildcards.variant}"

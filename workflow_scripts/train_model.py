@@ -8,12 +8,12 @@ Examples:
     SPEC='{"adapters": true, "losses": ["cir", "ctr"], "matching": "multihead"}'
     MODEL='{"adapter_factor": 16, "head_dim": 256, "max_text_length": 64, "num_heads": 12}'
     TRAINING='{"cache_image_features": true, "device": "auto", "gradient_checkpointing": false}'
-    python workflow_scripts/train_model.py --stage 1 --variant cir_ctr_mh --spec "$SPEC" --model-settings "$MODEL" \\
+    python workflow_scripts/train_model.py --stage stage1 --variant cir_ctr_mh --spec "$SPEC" --model-settings "$MODEL" \\
         --start models/backbone --tokenizer models/tokenizer --manifest data/manifest/images.parquet \\
         --facap data/facap --run '{"steps": 200, "batch_size": 32, "lr": 0.0005, "seed": 0, "precision": "fp32"}' \\
         --training "$TRAINING" --checkpoints checkpoints/stage1/cir_ctr_mh --threads 1 \\
         --data synthetic --run-name default --out models/stage1/cir_ctr_mh
-    python workflow_scripts/train_model.py --stage 2 --variant cir_ctr_mh --spec "$SPEC" --model-settings "$MODEL" \\
+    python workflow_scripts/train_model.py --stage stage2 --variant cir_ctr_mh --spec "$SPEC" --model-settings "$MODEL" \\
         --start models/stage1/cir_ctr_mh --tokenizer models/tokenizer --manifest data/manifest/images.parquet \\
         --fashioniq-root data/synthetic/world/fashioniq --categories '["dress", "shirt", "toptee"]' \\
         --run '{"steps": 100, "batch_size": 32, "lr": 0.0002, "seed": 0, "precision": "fp32"}' \\
@@ -55,7 +55,9 @@ log = logging.getLogger("train_model")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", type=int, choices=[1, 2], required=True)
+    parser.add_argument(
+        "--stage", choices=["stage1", "stage2"], required=True, help="stage1: on FACap; stage2: fine-tuning on FashionIQ"
+    )
     parser.add_argument("--variant", required=True, help="the variant's name (recorded)")
     parser.add_argument("--spec", required=True, help="JSON: the variant (losses, adapters, matching, facap_fraction)")
     parser.add_argument(
@@ -78,7 +80,8 @@ def main() -> None:
     cfg = train_config(json.loads(args.run), training)
     manifest = pd.read_parquet(args.manifest)
     report = InputReport()
-    if args.stage == 1:
+    stage = int(args.stage.removeprefix("stage"))  # the rules' and models/<stage>/ name, as a number
+    if stage == 1:
         if not args.facap:
             parser.error("stage 1 needs --facap")
         if variant.facap_fraction == 0:
@@ -104,9 +107,9 @@ def main() -> None:
         raise SystemExit(f"{len(data)} usable triplets, fewer than one batch of {cfg.batch_size}")
     tokenizer = load_tokenizer(args.tokenizer)
     seed_everything(cfg.seed)
-    model = build_model(args.start, variant, ModelSettings(**json.loads(args.model_settings)), args.stage)
+    model = build_model(args.start, variant, ModelSettings(**json.loads(args.model_settings)), stage)
     log.info(
-        "stage %d, variant %s: %d triplets, %d steps; parameters %s",
+        "%s, variant %s: %d triplets, %d steps; parameters %s",
         args.stage,
         args.variant,
         len(data),
@@ -114,7 +117,7 @@ def main() -> None:
         model.parameter_counts(),
     )
     store = ImageStore(manifest_paths(manifest), model.config.blip2_config().vision_config.image_size)
-    with_captions = args.stage == 1 and "ctr" in variant.losses
+    with_captions = stage == 1 and "ctr" in variant.losses
     train_cir(
         model,
         data,
@@ -123,11 +126,11 @@ def main() -> None:
         cfg,
         args.checkpoints,
         with_captions=with_captions,
-        randomise=args.stage == 2,
-        cache_features=training.get("cache_image_features", True),
+        randomise=stage == 2,
+        cache_features=training["cache_image_features"],
     )
     info = run_info(
-        f"stage{args.stage}",
+        args.stage,
         variant,
         cfg,
         counts,
