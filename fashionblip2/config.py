@@ -61,7 +61,7 @@ def model_settings(config: dict[str, Any], variant: dict[str, Any]) -> dict[str,
     How the heads' cosines combine means nothing to global matching (one head): left out there, so
     that editing it reruns only the multi-head variants."""
     settings = pick(config["model"], MODEL_SETTING_KEYS)
-    if variant.get("matching", "multihead") == "global":
+    if variant["matching"] == "global":
         settings.pop("similarity_scale", None)
     return settings
 
@@ -90,23 +90,23 @@ def configured_paths(config: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Every path the config names that must exist before a run: (config key, path, "file"|"folder")."""
     out: list[tuple[str, str, str]] = []
     for name, spec in config["sources"].items():
-        if not spec.get("enabled", True):
+        if not spec["enabled"]:
             continue
         if name == "catalogue":
-            out.append(("sources.catalogue.path", spec.get("path", ""), "file"))
+            out.append(("sources.catalogue.path", spec["path"], "file"))
         elif spec.get("root") not in GENERATED_ROOTS:
             out.append((f"sources.{name}.root", spec["root"], "folder"))
     for stage in ("caption", "modification"):
         section = config["annotation"][stage]
         out.append((f"annotation.{stage}.prompt", section["prompt"], "file"))
         if section["backend"] == "transformers":
-            out.append((f"annotation.{stage}.model_path", section.get("model_path", ""), "folder"))
+            out.append((f"annotation.{stage}.model_path", section["model_path"], "folder"))
     if config["embedding"].get("pretrained"):
         out.append(("embedding.pretrained", config["embedding"]["pretrained"], "file or folder"))
     for key in ("backbone", "tokenizer"):
         if config["model"][key] != "train":
             out.append((f"model.{key}", config["model"][key], "folder"))
-    for i, path in enumerate(config.get("quality", {}).get("annotations", [])):
+    for i, path in enumerate(config["quality"]["annotations"]):
         out.append((f"quality.annotations[{i}]", path, "file or folder"))
     return out
 
@@ -138,7 +138,7 @@ def check_paths(config: dict[str, Any], root: str | os.PathLike[str] = ".") -> N
 
 
 def enabled_sources(sources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {name: spec for name, spec in sources.items() if spec.get("enabled", True)}
+    return {name: spec for name, spec in sources.items() if spec["enabled"]}
 
 
 def source_root(name: str, root: str, synthetic_world: str | os.PathLike[str], downloads: str) -> str:
@@ -184,6 +184,17 @@ WORKFLOW_FILES = (
 # --- the experiment grid ----------------------------------------------------------------------------
 
 
+# The optional keys of an experiment variant, a user-written entry of experiments.variants that
+# config.yaml cannot hold defaults for (the schema requires the others): their one default. Not
+# filled into the config, so that a variant's params, and its trained models, stay as written.
+VARIANT_DEFAULTS: dict[str, Any] = {"facap_fraction": 1.0, "fraction_budget": "epochs", "label": ""}
+
+
+def variant_setting(spec: dict[str, Any], key: str) -> Any:
+    """A variant's setting: as declared, or its default when the variant leaves it out."""
+    return spec[key] if key in spec else VARIANT_DEFAULTS[key]
+
+
 def fraction_variant(base: str, fraction: float) -> str:
     """Figure 5's subsets are variants of the base one, named by the percentage of FACap they see."""
     return base if fraction == 1 else f"{base}_facap{round(100 * fraction)}"
@@ -202,14 +213,14 @@ def variants(experiments: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for fraction, name in figure5_variants(experiments):
         if base not in declared:
             raise ValueError(f"experiments.figure5.variant: {base!r} is not in experiments.variants")
-        budget = experiments["figure5"].get("budget", "epochs")
+        budget = experiments["figure5"]["budget"]
         out.setdefault(name, {**declared[base], "facap_fraction": fraction, "fraction_budget": budget})
     return out
 
 
 def figure5_caption(experiments: dict[str, Any]) -> str:
     """What Figure 5's subsets trained for, said under the figure."""
-    if experiments["figure5"].get("budget", "epochs") == "epochs":
+    if experiments["figure5"]["budget"] == "epochs":
         return (
             "Each subset trains for as many epochs as the full set (stage-1 steps scaled by the fraction), "
             "so a point differs from the next only in the data it has seen."
@@ -218,7 +229,7 @@ def figure5_caption(experiments: dict[str, Any]) -> str:
 
 
 def has_facap_stage(spec: dict[str, Any]) -> bool:
-    return spec.get("facap_fraction", 1.0) > 0
+    return variant_setting(spec, "facap_fraction") > 0
 
 
 def check_experiment_names(experiments: dict[str, Any], search_variant: str) -> None:

@@ -174,9 +174,9 @@ def pin_problem(root: Path, settings: dict) -> str | None:
     pinned = pinned_paths(root)
     if not pinned:
         return None
-    if sorted(settings.get("pin", [])) != sorted(pinned):
+    if sorted(settings["pin"]) != sorted(pinned):
         return (
-            f"dvc.pin names {', '.join(settings.get('pin', [])) or 'nothing'} but {PIN_FILE} pins "
+            f"dvc.pin names {', '.join(settings['pin']) or 'nothing'} but {PIN_FILE} pins "
             f"{', '.join(pinned)}: run `fashionblip2 store pin` (and commit {PIN_FILE})"
         )
     missing = [p for p in pinned if not (root / p).exists()]
@@ -203,7 +203,7 @@ def push(root: Path, settings: dict) -> list[str]:
     pinned = pinned_paths(root)
     paths = [
         p
-        for p in resolve_tracked(root, [*settings["track"], *settings.get("also_track", [])])
+        for p in resolve_tracked(root, [*settings["track"], *settings["also_track"]])
         if not _inside(p, pinned)  # pushed through data.dvc, which already tracks them
     ]
     if not paths and not pinned:
@@ -231,7 +231,7 @@ def pull(root: Path, settings: dict, snakemake_args: Sequence[str] = ()) -> list
         raise StoreError(f"no .dvc files in {root}: push from a clone that ran the workflow, commit them, then pull")
     dvc("pull", cwd=root, what="dvc pull")
     # Only workflow outputs are marked as made: a pinned raw folder or the cache is no rule's output.
-    made = set(resolve_tracked(root, settings["track"])) - set(resolve_tracked(root, settings.get("also_track", [])))
+    made = set(resolve_tracked(root, settings["track"])) - set(resolve_tracked(root, settings["also_track"]))
     outputs = [p for p in tracked_outputs(root) if p in made and (root / p).exists()]
     if outputs:
         # --touch marks the outputs as made, in DAG order; it runs nothing.

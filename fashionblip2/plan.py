@@ -153,8 +153,8 @@ def stage1_steps(config: dict[str, Any], variant: str) -> int:
     """A stage-1 run's steps: Figure 5's subsets train for the full set's epochs unless budget: steps."""
     spec = cfg.variants(config["experiments"])[variant]
     steps = config["training"]["stage1"]["steps"]
-    fraction = spec.get("facap_fraction", 1.0)
-    if spec.get("fraction_budget", "epochs") == "steps" or fraction >= 1:
+    fraction = cfg.variant_setting(spec, "facap_fraction")
+    if cfg.variant_setting(spec, "fraction_budget") == "steps" or fraction >= 1:
         return steps
     return max(1, math.ceil(steps * fraction))
 

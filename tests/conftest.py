@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fashionblip2.config import WORKFLOW_FILES
 from fashionblip2.synthetic import WorldSpec, generate_world
@@ -15,17 +16,45 @@ REPO = Path(__file__).resolve().parents[1]
 # The real FashionIQ annotation files live beside the repository, never inside it (CDLA licence).
 SHARED_FASHIONIQ = REPO.parent / "shared" / "data" / "fashion-iq"
 
-TINY_SPEC = {
-    "seed": 3,
-    "image_size": 40,
-    "fashion200k": {"items_per_category": 3, "min_views": 1, "max_views": 2},
-    "deepfashion_mm": {"items": 8, "min_views": 1, "max_views": 2, "missing_caption": 0.0, "missing_shape": 0.0},
-    "fashioniq": {
-        "images": {"train": 6, "val": 5, "test": 3},
-        "triplets": {"train": 5, "val": 4, "test": 2},
-        "missing_images": 0.0,
-    },
-}
+
+def default_config() -> dict:
+    """config.yaml, the one owner of every setting's default: tests build the library's settings
+    from it (the library has no defaults of its own), changing only what they test."""
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def merged(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s keys replaced, nested sections merged (as Snakemake merges a preset)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def synthetic_spec(override: dict) -> dict:
+    """The synthetic section of config.yaml with ``override`` merged in."""
+    return merged(default_config()["synthetic"], override)
+
+
+def source_settings(**roots: str) -> dict:
+    """config.yaml's settings of the named sources, each with the given root."""
+    sources = default_config()["sources"]
+    return {name: {**sources[name], "root": root} for name, root in roots.items()}
+
+
+TINY_SPEC = synthetic_spec(
+    {
+        "seed": 3,
+        "image_size": 40,
+        "fashion200k": {"items_per_category": 3, "min_views": 1, "max_views": 2},
+        "deepfashion_mm": {"items": 8, "min_views": 1, "max_views": 2, "missing_caption": 0.0, "missing_shape": 0.0},
+        "fashioniq": {
+            "images": {"train": 6, "val": 5, "test": 3},
+            "triplets": {"train": 5, "val": 4, "test": 2},
+            "missing_images": 0.0,
+        },
+    }
+)
 
 
 @pytest.fixture(scope="session")

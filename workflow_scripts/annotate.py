@@ -90,7 +90,7 @@ def main() -> None:
             plan.requests,
             cache,
             backend,
-            settings.get("max_new_tokens", 128),
+            settings["max_new_tokens"],
             prices,
             with_image=args.stage == "caption",
         )
@@ -117,7 +117,7 @@ def main() -> None:
     check_failures(
         frame["status"].tolist(),
         frame["reason"].tolist(),
-        settings.get("max_failed_fraction", 0.0),
+        settings["max_failed_fraction"],
         stage=args.stage,
         failures_path=args.failures,
     )

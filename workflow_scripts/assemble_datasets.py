@@ -47,8 +47,8 @@ def main() -> None:
     annotation = json.loads(args.annotation)
     card = {
         "dataset": args.dataset,
-        "caption_backend": {k: annotation.get("caption", {}).get(k) for k in ("backend", "model", "model_path")},
-        "modification_backend": {k: annotation.get("modification", {}).get(k) for k in ("backend", "model")},
+        "caption_backend": {k: annotation["caption"].get(k) for k in ("backend", "model", "model_path")},
+        "modification_backend": {k: annotation["modification"].get(k) for k in ("backend", "model")},
         "provenance": provenance(args.data, args.run_name),
     }
     pairs, modifications = pd.read_parquet(args.pairs), pd.read_parquet(args.modifications)

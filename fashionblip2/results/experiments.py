@@ -25,8 +25,8 @@ REPORTED_NOTE = (
 class Origin:
     """Where our rows come from, for every note: the data kind and the config run."""
 
-    data: str = "synthetic"
-    run_name: str = "manual"
+    data: str
+    run_name: str
 
     @property
     def rows(self) -> str:
@@ -166,7 +166,7 @@ def write_figure6(
     rows = []
     for dataset, which in (("fashioniq", "best"), ("enhfashioniq", "best"), ("fashioniq", "worst")):
         ranks = evals[spec["stage"], spec["variant"], dataset].rankings
-        row = qualitative_row(ranks, dataset, which, paths, int(spec.get("top_k", 5)))
+        row = qualitative_row(ranks, dataset, which, paths, int(spec["top_k"]))
         if row is not None:
             rows.append(row)
     contact_sheet(rows, png, title=f"Figure 6: {spec['variant']} ({spec['stage']}). {origin.footer()}")

@@ -162,8 +162,8 @@ class Evaluations:
 class Bootstrap:
     """How the intervals are drawn (config ``evaluation.bootstrap``)."""
 
-    samples: int = 1000
-    seed: int = 0
+    samples: int
+    seed: int
     level: float = 0.95
 
 
@@ -273,9 +273,9 @@ def table5(evals: Evaluations, variants: list[str], specs: dict[str, dict[str, A
         v = specs[name]
         row = {
             "Variant": name,
-            "Training tasks": "+".join(x.upper() for x in v.get("losses", ["cir", "ctr"])),
-            "Adapter": "yes" if v.get("adapters", True) else "no",
-            "Matching": "MH" if v.get("matching", "multihead") == "multihead" else "Global",
+            "Training tasks": "+".join(x.upper() for x in v["losses"]),
+            "Adapter": "yes" if v["adapters"] else "no",
+            "Matching": "MH" if v["matching"] == "multihead" else "Global",
         }
         for stage, setting in TABLE5_SETTINGS:
             for dataset, short in DATASETS.items():

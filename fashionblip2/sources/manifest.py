@@ -26,8 +26,6 @@ from fashionblip2.sources import (
     read_fashioniq_images,
     read_fashioniq_triplets,
 )
-from fashionblip2.sources.fashioniq import CATEGORIES as FIQ_CATEGORIES
-from fashionblip2.sources.fashioniq import SPLITS as FIQ_SPLITS
 from fashionblip2.sources.fashioniq import TRIPLET_COLUMNS
 from fashionblip2.sources.records import MANIFEST_COLUMNS, ImageRecord
 
@@ -88,22 +86,18 @@ def read_sources(sources: dict[str, dict[str, Any]], report: InputReport) -> tup
     triplets = pd.DataFrame(columns=TRIPLET_COLUMNS)
     for name in SOURCE_KINDS:
         spec = sources.get(name)
-        if not spec or not spec.get("enabled", True):
+        if not spec or not spec["enabled"]:
             continue
         if name == "fashion200k":
             records += read_fashion200k(spec["root"], report)
         elif name == "deepfashion_mm":
             records += read_deepfashion(spec["root"], report)
         elif name == "fashioniq":
-            categories = spec.get("categories", list(FIQ_CATEGORIES))
-            records += read_fashioniq_images(spec["root"], report, categories, spec.get("splits", list(FIQ_SPLITS)))
-            triplets = read_fashioniq_triplets(
-                spec["root"], report, categories, spec.get("triplet_splits", ["train", "val"])
-            )
+            categories = spec["categories"]
+            records += read_fashioniq_images(spec["root"], report, categories, spec["splits"])
+            triplets = read_fashioniq_triplets(spec["root"], report, categories, spec["triplet_splits"])
         else:
-            records += read_catalogue(
-                spec["path"], report, source=spec.get("name", "catalogue"), encoding=spec.get("encoding", "utf-8")
-            )
+            records += read_catalogue(spec["path"], report, source=spec["name"], encoding=spec["encoding"])
     return records, triplets
 
 

@@ -14,7 +14,7 @@ from fashionblip2.annotation.validation import check_caption, check_modification
 from fashionblip2.common.issues import BadInputError
 from fashionblip2.config import resolved_sources
 from fashionblip2.sources.manifest import build_manifest
-from tests.conftest import REPO
+from tests.conftest import REPO, source_settings
 
 
 def test_cache_keys_and_values(tmp_path):
@@ -109,7 +109,7 @@ def test_prompts_name_categories_readably_and_backends_keep_the_raw_one():
 
 def test_offline_backends_on_the_tiny_world(tiny_world):
     world, truth_path = tiny_world
-    images = build_manifest(resolved_sources({"fashion200k": {"root": "synthetic"}}, world), progress=False).images
+    images = build_manifest(resolved_sources(source_settings(fashion200k="synthetic"), world), progress=False).images
     truth = pd.read_parquet(truth_path).set_index("path")
     template = PromptTemplate.load(REPO / "prompts/caption.yaml")
     requests = caption_requests(images, template, stage_settings("caption"))
@@ -196,6 +196,7 @@ def test_runner_retries_once_caches_only_accepted_answers_and_reruns_only_failur
 
 def test_cost_estimate_counts_only_uncached_requests(tmp_path):
     backend = CountingBackend({})
+    backend.name = "openai"  # priced at the list price (the offline backends cost nothing)
     cache = ResultCache(tmp_path)
     requests = [Request({"id": str(i), "messages": [{"role": "user", "content": "x" * 400}]}) for i in range(10)]
     cache.put(request_key(backend.name, backend.model, requests[0].keyed), {"text": "t"})
@@ -203,6 +204,11 @@ def test_cost_estimate_counts_only_uncached_requests(tmp_path):
     assert est["requests"] == 9 and est["output_tokens_at_most"] == 900
     assert est["input_tokens"] == 9 * (len(json.dumps(requests[1].keyed["messages"])) // 4 + 85)
     assert est["cost_usd_at_most"] == round(est["input_tokens"] / 1e6 + 2 * 900 / 1e6, 4)
+    backend.name = "openai-batch"  # the same questions through the Batch API: half the price
+    batch = estimate_cost(requests, cache, backend, 100, Prices(1.0, 2.0, 85), with_image=True)
+    # (Its cache keys differ by backend, so the tenth question is not cached for it.)
+    assert batch["requests"] == 10 and batch["output_tokens_at_most"] == 1000
+    assert batch["cost_usd_at_most"] == round((batch["input_tokens"] / 1e6 + 2 * 1000 / 1e6) / 2, 4)
 
 
 def test_unknown_backends_are_refused():

@@ -23,7 +23,7 @@ from fashionblip2.annotation.runner import annotate
 from fashionblip2.annotation.validation import check_caption, check_modification
 from fashionblip2.config import resolved_sources
 from fashionblip2.sources.manifest import build_manifest
-from tests.conftest import REPO, snakemake
+from tests.conftest import REPO, snakemake, source_settings
 from tests.support.fake_openai_server import FakeServer
 
 
@@ -204,7 +204,7 @@ def test_a_batch_that_outlives_the_job_is_left_for_the_next_run(server_factory, 
 def caption_inputs(tiny_world, tmp_path):
     """A manifest and pairs of the tiny world, as the caption rule reads them."""
     world, _ = tiny_world
-    sources = resolved_sources({"fashion200k": {"root": "synthetic"}}, world)
+    sources = resolved_sources(source_settings(fashion200k="synthetic"), world)
     images = build_manifest(sources, progress=False).images
     images.to_parquet(tmp_path / "manifest.parquet")
     ids = images["image_id"].tolist()

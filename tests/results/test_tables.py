@@ -112,7 +112,10 @@ def test_table4_and_table5_read_stage_and_dataset(evals):
     values = t4.map(lambda v: round(getattr(v, "value", v), 6) if isinstance(v, float | et.Interval) else v)
     assert values.iloc[0][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["no", 26, 31]
     assert values.iloc[1][["Pretrain on FACap", "FIQ", "enhFIQ"]].tolist() == ["yes", 36, 41]
-    variants = {"a": {"losses": ["cir"], "adapters": False, "matching": "global"}, "c": {}}
+    variants = {
+        "a": {"losses": ["cir"], "adapters": False, "matching": "global"},
+        "c": {"losses": ["cir", "ctr"], "adapters": True, "matching": "multihead"},
+    }
     t5 = et.table5(evals, ["a", "c"], variants, "ours")
     assert t5.iloc[0][["Training tasks", "Adapter", "Matching"]].tolist() == ["CIR", "no", "Global"]
     assert t5.iloc[1][["Training tasks", "Adapter", "Matching"]].tolist() == ["CIR+CTR", "yes", "MH"]
@@ -129,7 +132,7 @@ def test_rankings_that_do_not_match_their_summary_are_refused(tmp_path):
     result, _ = write_eval(tmp_path, "stage1", "a", "fashioniq", 10)
     _, other = write_eval(tmp_path, "stage1", "b", "fashioniq", 10, n=40)
     with pytest.raises(ValueError, match="does not hold the queries"):
-        et.Evaluations.load([result], [other], et.Bootstrap(samples=100))
+        et.Evaluations.load([result], [other], et.Bootstrap(samples=100, seed=0))
 
 
 def test_comparisons_report_each_pair_with_its_interval_and_test(evals):
@@ -150,7 +153,9 @@ def test_the_written_table_has_its_differences_section_and_csv(evals, tmp_path):
     files = TableFiles(
         *(str(tmp_path / f"t4.{e}") for e in ("md", "csv", "tex")), {DIFFERENCES: str(tmp_path / "t4_diff.csv")}
     )
-    write_table4(evals, [{"model": "M", "without_facap": "a", "with_facap": "b"}], Origin(), files)
+    write_table4(
+        evals, [{"model": "M", "without_facap": "a", "with_facap": "b"}], Origin("synthetic", "default"), files
+    )
     md = (tmp_path / "t4.md").read_text()
     assert "## Differences: paired, on the same queries" in md and "bootstrap interval" in md
     diff = pd.read_csv(tmp_path / "t4_diff.csv")

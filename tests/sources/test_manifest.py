@@ -9,16 +9,12 @@ from fashionblip2.common.issues import BadInputError
 from fashionblip2.config import resolved_sources
 from fashionblip2.sources.manifest import build_manifest, manifest_summary
 from fashionblip2.sources.records import MANIFEST_COLUMNS
+from tests.conftest import source_settings
 
 
 def sources_for(world: Path) -> dict:
     return resolved_sources(
-        {
-            "fashion200k": {"root": "synthetic"},
-            "deepfashion_mm": {"root": "synthetic"},
-            "fashioniq": {"root": "synthetic"},
-        },
-        world,
+        source_settings(fashion200k="synthetic", deepfashion_mm="synthetic", fashioniq="synthetic"), world
     )
 
 
