@@ -89,12 +89,12 @@ MARKETING = ["chic", "classic", "essential", "designer", "new season", "signatur
 class Noise:
     """How unreliable product texts and human captions are (probabilities)."""
 
-    drop_attribute: float = 0.35
-    synonym: float = 0.5
-    wrong_attribute: float = 0.08
-    marketing: float = 0.3
-    vague_caption: float = 0.2
-    wrong_caption: float = 0.08
+    drop_attribute: float
+    synonym: float
+    wrong_attribute: float
+    marketing: float
+    vague_caption: float
+    wrong_caption: float
 
 
 def corrupt(rng: np.random.Generator, g: Garment, p_wrong: float) -> Garment:

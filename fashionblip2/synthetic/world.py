@@ -23,7 +23,7 @@ import io
 import json
 import os
 import string
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,53 +61,57 @@ DF_POSES = ((1, "front"), (2, "side"), (3, "back"), (4, "full"), (7, "additional
 
 @dataclass(frozen=True)
 class Fashion200kSpec:
-    items_per_category: int = 30
-    min_views: int = 2
-    max_views: int = 4
-    test_fraction: float = 0.15
+    items_per_category: int
+    min_views: int
+    max_views: int
+    test_fraction: float
 
 
 @dataclass(frozen=True)
 class DeepFashionSpec:
-    items: int = 160
-    min_views: int = 1
-    max_views: int = 3
-    missing_caption: float = 0.04
-    missing_shape: float = 0.03
+    items: int
+    min_views: int
+    max_views: int
+    missing_caption: float
+    missing_shape: float
 
 
 @dataclass(frozen=True)
 class FashionIQSpec:
-    images: dict[str, int] = field(default_factory=lambda: {"train": 120, "val": 80, "test": 20})
-    triplets: dict[str, int] = field(default_factory=lambda: {"train": 100, "val": 60, "test": 10})
+    images: dict[str, int]
+    triplets: dict[str, int]
     # Public FashionIQ mirrors miss images; this share of listed images is not written.
-    missing_images: float = 0.01
+    missing_images: float
 
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """Sizes and noise of the synthetic world (the ``synthetic`` section of the config)."""
+    """Sizes and noise of the synthetic world: the ``synthetic`` section of the config, every key of
+    it (config.yaml holds the defaults)."""
 
-    seed: int = 1234
-    image_size: int = 64
-    similar_fraction: float = 0.5
-    fashion200k: Fashion200kSpec = field(default_factory=Fashion200kSpec)
-    deepfashion_mm: DeepFashionSpec = field(default_factory=DeepFashionSpec)
-    fashioniq: FashionIQSpec = field(default_factory=FashionIQSpec)
-    noise: Noise = field(default_factory=Noise)
+    seed: int
+    image_size: int
+    similar_fraction: float
+    fashion200k: Fashion200kSpec
+    deepfashion_mm: DeepFashionSpec
+    fashioniq: FashionIQSpec
+    noise: Noise
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorldSpec:
-        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            _unknown({k: d[k] for k in set(d) - known})
+        if known - set(d):
+            raise ValueError(f"the synthetic world spec misses {sorted(known - set(d))} (config.yaml has them)")
         return cls(
-            seed=int(d.pop("seed", 1234)),
-            image_size=int(d.pop("image_size", 64)),
-            similar_fraction=float(d.pop("similar_fraction", 0.5)),
-            fashion200k=Fashion200kSpec(**d.pop("fashion200k", {})),
-            deepfashion_mm=DeepFashionSpec(**d.pop("deepfashion_mm", {})),
-            fashioniq=FashionIQSpec(**d.pop("fashioniq", {})),
-            noise=Noise(**d.pop("noise", {})),
-            **({} if not d else _unknown(d)),
+            seed=int(d["seed"]),
+            image_size=int(d["image_size"]),
+            similar_fraction=float(d["similar_fraction"]),
+            fashion200k=Fashion200kSpec(**d["fashion200k"]),
+            deepfashion_mm=DeepFashionSpec(**d["deepfashion_mm"]),
+            fashioniq=FashionIQSpec(**d["fashioniq"]),
+            noise=Noise(**d["noise"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
