@@ -278,9 +278,6 @@ ALLOWED_LIBRARY_DEFAULTS = {
 # Not fixed yet (issue 21, item 5, open): the config-built dataclasses' field defaults and the
 # download entries' optional keys. Each fix removes its lines; the test fails on a stale one.
 NOT_YET_FIXED = {
-    "fashionblip2/sources/download.py: DownloadSettings.backoff_s",
-    "fashionblip2/sources/download.py: DownloadSettings.retries",
-    "fashionblip2/sources/download.py: DownloadSettings.timeout_s",
     "fashionblip2/sources/download.py: get(kind)",
     "fashionblip2/sources/download.py: get(suffix)",
     "fashionblip2/training/runs.py: ModelSettings.adapter_factor",

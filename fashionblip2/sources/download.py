@@ -44,9 +44,9 @@ class ChecksumError(DownloadError):
 @dataclass
 class DownloadSettings:
     partial_dir: Path
-    timeout_s: float = 60
-    retries: int = 3
-    backoff_s: float = 2.0
+    timeout_s: float
+    retries: int
+    backoff_s: float
     progress: bool = True
 
 
