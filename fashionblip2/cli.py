@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fashionblip2.cli_utils import setup_logging
+from fashionblip2.workflow_cli import setup_logging
 
 
 def search(args: argparse.Namespace) -> int:

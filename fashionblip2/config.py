@@ -44,7 +44,7 @@ def annotation_answer_settings(config: dict[str, Any], stage: str) -> dict[str, 
     return pick(config["annotation"][stage], ANNOTATION_ANSWER_KEYS)
 
 
-def annotation_run_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
+def annotation_job_options(config: dict[str, Any], stage: str) -> dict[str, Any]:
     return drop(config["annotation"][stage], ANNOTATION_ANSWER_KEYS + ("prompt",))
 
 
@@ -66,7 +66,7 @@ def model_settings(config: dict[str, Any], variant: dict[str, Any]) -> dict[str,
     return settings
 
 
-def training_run_settings(config: dict[str, Any]) -> dict[str, Any]:
+def training_job_options(config: dict[str, Any]) -> dict[str, Any]:
     return pick(config["training"], TRAINING_RUNTIME_KEYS)
 
 

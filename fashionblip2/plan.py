@@ -25,7 +25,12 @@ from fashionblip2 import config as cfg
 from fashionblip2.annotation.pricing import Prices, cost_usd, is_paid, request_tokens, text_tokens
 
 # Rules whose work is counted in GPU time (the rest run in minutes on a CPU).
-STAGES = {"caption": "caption", "modify": "modification", "pilot_caption": "caption", "pilot_modify": "modification"}
+STAGES = {
+    "caption": "caption",
+    "modification": "modification",
+    "pilot_caption": "caption",
+    "pilot_modification": "modification",
+}
 MB = 1e6
 
 
@@ -118,7 +123,7 @@ def rule_jobs(config: dict[str, Any]) -> dict[str, int]:
         "pair": 1,
         "caption": annotation_shards,
         "gather_captions": 1,
-        "modify": annotation_shards,
+        "modification": annotation_shards,
         "gather_modifications": 1,
         "facap": 1,
         "enhfashioniq": 1,
@@ -140,7 +145,7 @@ def rule_jobs(config: dict[str, Any]) -> dict[str, int]:
         "all": 1,
         "pilot_pairs": 1,
         "pilot_caption": 1,
-        "pilot_modify": 1,
+        "pilot_modification": 1,
         "pilot": 1,
     }
     return {rule: n for rule, n in jobs.items() if n}
@@ -326,7 +331,7 @@ def disk_mb(config: dict[str, Any], counts: Counts, jobs: dict[str, int]) -> dic
         # the shards and the gathered file
         "embed": 2 * counts.paired * embedding_dim(config["embedding"]["model"]) * 4 / MB,
         "caption": texts_mb(counts.caption_images, "caption"),
-        "modify": texts_mb(counts.pairs, "modification"),
+        "modification": texts_mb(counts.pairs, "modification"),
         "pretrain": spec["model_mb"] * jobs.get("pretrain", 0),
         "train_stage1": spec["model_mb"] * jobs.get("train_stage1", 0),
         "train_stage2": spec["model_mb"] * jobs.get("train_stage2", 0),
@@ -494,7 +499,7 @@ def stage_bills(
     pilot_modifications: Any | None,
     cache: Any | None,
 ) -> tuple[dict[str, Bill], Prices, int, list[str]]:
-    """The bill of each annotation rule (caption, modify and the pilot's), the prices, the images the
+    """The bill of each annotation rule (caption, modification and the pilot's), the prices, the images the
     pilot captions, and notes saying how each was counted. The most exact count available wins: the
     requests themselves (built from the data, as annotate.py builds them), else the pilot's measured
     tokens per request, else the prompt filled as config allows."""
@@ -552,7 +557,7 @@ def stage_bills(
         )
     if pairs is not None and captions is not None:
         requests = plan_modifications(pairs, captions, templates["modification"], answer["modification"]).requests
-        bills["modify"] = bill_requests(
+        bills["modification"] = bill_requests(
             requests,
             answer["modification"],
             prices,
@@ -566,7 +571,7 @@ def stage_bills(
         basis = "the prompt with two captions of the caption stage's max_new_tokens (at most)"
         if "modification" in measured:
             tokens, basis = measured["modification"].input_per_request, "the pilot's requests (measured)"
-        bills["modify"] = bill_estimate(
+        bills["modification"] = bill_estimate(
             counts.pairs,
             tokens,
             answer["modification"],
@@ -578,7 +583,7 @@ def stage_bills(
     # The pilot: a sample of the same questions.
     pilot_n = min(config["pilot"]["pairs"], counts.pairs)
     pilot_images = min(2 * pilot_n, counts.caption_images)
-    for rule, stage, n in (("pilot_caption", "caption", pilot_images), ("pilot_modify", "modification", pilot_n)):
+    for rule, stage, n in (("pilot_caption", "caption", pilot_images), ("pilot_modification", "modification", pilot_n)):
         if stage in pilot_plans:
             requests = pilot_plans[stage].requests
             if stage == "caption":
@@ -593,7 +598,7 @@ def stage_bills(
                 basis="the pilot's requests themselves" + out_note[stage],
             )
         else:
-            full = bills["caption" if stage == "caption" else "modify"]
+            full = bills["caption" if stage == "caption" else "modification"]
             per_request = full.input_tokens / max(1, full.requests)
             bills[rule] = bill_estimate(
                 n,

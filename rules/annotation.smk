@@ -1,7 +1,10 @@
 # Stage: two-stage annotation (paper §3.1), then FACap, enhFashionIQ and Table 1.
 # Every model answer goes through the result cache (annotation.cache_dir): nothing is paid twice.
 # Params carry only the settings that change the answers; how a job runs (concurrency, timeouts,
-# the failure limit, the cache folder) are run_only params (rules/common.smk).
+# the failure limit, the cache folder) are job_option params (rules/common.smk).
+# Scripts: annotate.py runs caption, modification, pilot_caption and pilot_modification (one stage and shard of
+# questions, whatever asks them); gather_annotations.py both gathers; run_pilot.py the pilot's sample
+# and table; assemble_datasets.py facap and enhfashioniq (one layout writer); make_table1.py.
 
 
 # Seconds of work on small files: on a cluster they run in the main Snakemake process, not as jobs.
@@ -24,7 +27,7 @@ if api_jobs_local("caption"):
 if api_jobs_local("modification"):
 
     localrules:
-        modify,
+        modification,
 
 
 rule caption:
@@ -46,13 +49,13 @@ rule caption:
     params:
         shards=config["annotation"]["shards"],
         settings=as_json(annotation_answer_settings(config, "caption")),
-        run_settings=run_only(RUN["caption"]),
-        prices=run_only(RUN["prices"]),
-        cache=run_only(config["annotation"]["cache_dir"]),
-        batches=run_only_path(CAPTION_BATCHES),
+        job_options=job_option(JOB_OPTIONS["caption"]),
+        prices=job_option(JOB_OPTIONS["prices"]),
+        cache=job_option(config["annotation"]["cache_dir"]),
+        batches=job_option_path(CAPTION_BATCHES),
     shell:
         "python workflow_scripts/annotate.py --stage caption --shard {wildcards.shard} --shards {params.shards}"
-        " --settings {params.settings:q} --run-settings {params.run_settings:q} --prices {params.prices:q}"
+        " --settings {params.settings:q} --job-options {params.job_options:q} --prices {params.prices:q}"
         " --prompt {input.prompt} --manifest {input.manifest} --pairs {input.pairs}"
         " --cache {params.cache:q} --batch-state {params.batches} --failures {log.failures} --out {output}"
         " 2> {log.run}"
@@ -77,7 +80,7 @@ rule gather_captions:
         " --out {output.captions} --report {output.report} 2> {log}"
 
 
-rule modify:
+rule modification:
     input:
         pairs=PAIRS,
         captions=CAPTIONS,
@@ -85,23 +88,23 @@ rule modify:
     output:
         MODIFICATION_SHARD,
     log:
-        run="logs/annotation/modify_{shard}.log",
-        failures="logs/annotation/modify_{shard}_failures.tsv",
+        run="logs/annotation/modification_{shard}.log",
+        failures="logs/annotation/modification_{shard}_failures.tsv",
     conda:
         "../envs/llm.yaml"
-    threads: rule_threads("modify")
+    threads: rule_threads("modification")
     resources:
-        **cluster_resources("modify"),
+        **cluster_resources("modification"),
     params:
         shards=config["annotation"]["shards"],
         settings=as_json(annotation_answer_settings(config, "modification")),
-        run_settings=run_only(RUN["modification"]),
-        prices=run_only(RUN["prices"]),
-        cache=run_only(config["annotation"]["cache_dir"]),
-        batches=run_only_path(MODIFICATION_BATCHES),
+        job_options=job_option(JOB_OPTIONS["modification"]),
+        prices=job_option(JOB_OPTIONS["prices"]),
+        cache=job_option(config["annotation"]["cache_dir"]),
+        batches=job_option_path(MODIFICATION_BATCHES),
     shell:
         "python workflow_scripts/annotate.py --stage modification --shard {wildcards.shard} --shards {params.shards}"
-        " --settings {params.settings:q} --run-settings {params.run_settings:q} --prices {params.prices:q}"
+        " --settings {params.settings:q} --job-options {params.job_options:q} --prices {params.prices:q}"
         " --prompt {input.prompt} --pairs {input.pairs} --captions {input.captions}"
         " --cache {params.cache:q} --batch-state {params.batches} --failures {log.failures} --out {output}"
         " 2> {log.run}"
@@ -136,7 +139,7 @@ if api_jobs_local("caption"):
 if api_jobs_local("modification"):
 
     localrules:
-        pilot_modify,
+        pilot_modification,
 
 
 rule pilot_caption:
@@ -157,18 +160,18 @@ rule pilot_caption:
         **cluster_resources("pilot_caption"),
     params:
         settings=as_json(annotation_answer_settings(config, "caption")),
-        run_settings=run_only(RUN["pilot"]["caption"]),
-        prices=run_only(RUN["prices"]),
-        cache=run_only(config["annotation"]["cache_dir"]),
-        batches=run_only(PILOT_CAPTION_BATCHES),
+        job_options=job_option(JOB_OPTIONS["pilot"]["caption"]),
+        prices=job_option(JOB_OPTIONS["prices"]),
+        cache=job_option(config["annotation"]["cache_dir"]),
+        batches=job_option(PILOT_CAPTION_BATCHES),
     shell:
         "python workflow_scripts/annotate.py --stage caption --shard 0 --shards 1 --settings {params.settings:q}"
-        " --run-settings {params.run_settings:q} --prices {params.prices:q} --prompt {input.prompt}"
+        " --job-options {params.job_options:q} --prices {params.prices:q} --prompt {input.prompt}"
         " --manifest {input.manifest} --pairs {input.pairs} --cache {params.cache:q} --failures {log.failures}"
         " --batch-state {params.batches} --out {output} 2> {log.run}"
 
 
-rule pilot_modify:
+rule pilot_modification:
     input:
         pairs=PILOT_PAIRS,
         captions=PILOT_CAPTIONS,
@@ -176,22 +179,22 @@ rule pilot_modify:
     output:
         PILOT_MODIFICATIONS,
     log:
-        run="logs/annotation/pilot_modify.log",
-        failures="logs/annotation/pilot_modify_failures.tsv",
+        run="logs/annotation/pilot_modification.log",
+        failures="logs/annotation/pilot_modification_failures.tsv",
     conda:
         "../envs/llm.yaml"
-    threads: rule_threads("pilot_modify")
+    threads: rule_threads("pilot_modification")
     resources:
-        **cluster_resources("pilot_modify"),
+        **cluster_resources("pilot_modification"),
     params:
         settings=as_json(annotation_answer_settings(config, "modification")),
-        run_settings=run_only(RUN["pilot"]["modification"]),
-        prices=run_only(RUN["prices"]),
-        cache=run_only(config["annotation"]["cache_dir"]),
-        batches=run_only(PILOT_MODIFICATION_BATCHES),
+        job_options=job_option(JOB_OPTIONS["pilot"]["modification"]),
+        prices=job_option(JOB_OPTIONS["prices"]),
+        cache=job_option(config["annotation"]["cache_dir"]),
+        batches=job_option(PILOT_MODIFICATION_BATCHES),
     shell:
         "python workflow_scripts/annotate.py --stage modification --shard 0 --shards 1 --settings {params.settings:q}"
-        " --run-settings {params.run_settings:q} --prices {params.prices:q} --prompt {input.prompt}"
+        " --job-options {params.job_options:q} --prices {params.prices:q} --prompt {input.prompt}"
         " --pairs {input.pairs} --captions {input.captions} --cache {params.cache:q} --failures {log.failures}"
         " --batch-state {params.batches} --out {output} 2> {log.run}"
 
@@ -220,7 +223,7 @@ rule pilot:
         limits=as_json({s: config["annotation"][s]["max_failed_fraction"] for s in ("caption", "modification")}),
         pilot=as_json(config["pilot"]),
         prices=as_json(config["annotation"]["prices"]),
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/run_pilot.py table --pairs {input.pairs} --manifest {input.manifest}"
         " --pilot-pairs {input.pilot_pairs} --captions {input.captions} --modifications {input.modifications}"
@@ -265,7 +268,7 @@ rule facap:
     params:
         sources=json.dumps(config["facap"]["sources"]),
         annotation=as_json(annotation_answers()),
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/assemble_datasets.py facap --pairs {input.pairs} --captions {input.captions}"
         " --modifications {input.modifications} --sources {params.sources:q} --annotation {params.annotation:q}"
@@ -288,7 +291,7 @@ rule enhfashioniq:
     params:
         fashioniq_root=fashioniq_root(),
         annotation=as_json(annotation_answers()),
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/assemble_datasets.py enhfashioniq --pairs {input.pairs}"
         " --modifications {input.modifications} --fashioniq-root {params.fashioniq_root}"
@@ -310,7 +313,7 @@ rule table1:
         **cluster_resources("table1"),
     params:
         fashioniq_root=fashioniq_root(),
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/make_table1.py --facap {input.facap} --fashioniq-root {params.fashioniq_root}"
         " {params.provenance} --md {output.md} --csv {output.csv} 2> {log}"

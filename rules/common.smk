@@ -23,11 +23,11 @@ from fashionblip2.cluster import (
 import fashionblip2.config as cfg
 from fashionblip2.config import (
     annotation_answer_settings,
-    annotation_run_settings,
+    annotation_job_options,
     as_json,
     runtime_minutes,
     training_result_settings,
-    training_run_settings,
+    training_job_options,
     uses_api,
 )
 from fashionblip2.pairing.embedding_file import shard_bounds
@@ -421,7 +421,7 @@ def annotation_answers():
     return {stage: annotation_answer_settings(config, stage) for stage in ("caption", "modification")}
 
 
-def run_only(value):
+def job_option(value):
     """A param that changes how a job runs, never what it writes (the device, GPUs, concurrency,
     timeouts, the run's label, where checkpoints go). Snakemake reruns a job when its params change,
     except params derived from its resources, which follow where and how the job runs: so these
@@ -430,24 +430,24 @@ def run_only(value):
     return lambda wildcards, resources: value
 
 
-def run_only_path(pattern):
-    """A path with wildcards as a :func:`run_only` param (a file a job keeps between runs)."""
+def job_option_path(pattern):
+    """A path with wildcards as a :func:`job_option` param (a file a job keeps between runs)."""
     return lambda wildcards, resources: pattern.format(**wildcards)
 
 
-RUN = {
+JOB_OPTIONS = {
     "provenance": f"--data {data_kind()} --run-name {shlex.quote(config['run_name'])}",
-    "caption": as_json(annotation_run_settings(config, "caption")),
-    "modification": as_json(annotation_run_settings(config, "modification")),
+    "caption": as_json(annotation_job_options(config, "caption")),
+    "modification": as_json(annotation_job_options(config, "modification")),
     "prices": as_json(config["annotation"]["prices"]),
     # The pilot reports its failures instead of stopping on them: they are what it is run to see.
     "pilot": {
-        stage: as_json({**annotation_run_settings(config, stage), "max_failed_fraction": 1.0})
+        stage: as_json({**annotation_job_options(config, stage), "max_failed_fraction": 1.0})
         for stage in ("caption", "modification")
     },
     "embed": "--device {device} --batch-size {batch_size} --workers {loader_workers}".format(**config["embedding"]),
     "evaluation": "--device {device} --batch-size {batch_size}".format(**config["evaluation"]),
-    "training": as_json(training_run_settings(config)),
+    "training": as_json(training_job_options(config)),
     "launcher": {name: launcher(name) for name in ("pretrain", "train_stage1", "train_stage2")},
     "checkpoints": {
         name: os.path.join(config["training"]["checkpoint_dir"], name) for name in ("backbone", "stage1", "stage2")
@@ -582,7 +582,7 @@ def remove_empty_checkpoint_folders():
     written; the per-stage folders above them (and the checkpoint folder, when it is the
     workflow's own) go too once empty."""
     root = config["training"]["checkpoint_dir"]
-    folders = [RUN["checkpoints"][name] for name in ("stage1", "stage2")]
+    folders = [JOB_OPTIONS["checkpoints"][name] for name in ("stage1", "stage2")]
     if not os.path.isabs(root):
         folders.append(root)
     for folder in folders:

@@ -1,5 +1,6 @@
 # Stage: evaluation with the FashionIQ protocol (as SPRC and CLIP4Cir run it) on FashionIQ val and enhFashionIQ,
 # and the gallery index of `fashionblip2 search`.
+# Scripts: evaluate_model.py (evaluate), build_search_index.py (search_index).
 
 
 rule evaluate:
@@ -23,12 +24,12 @@ rule evaluate:
     params:
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
-        run_options=run_only(RUN["evaluation"]),
-        provenance=run_only(RUN["provenance"]),
+        job_options=job_option(JOB_OPTIONS["evaluation"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/evaluate_model.py --model {input.model} --manifest {input.manifest}"
         " --fashioniq-root {params.fashioniq_root} --enhfashioniq {input.enhfashioniq}"
-        " --categories {params.categories:q} {params.run_options} --threads {threads} {params.provenance}"
+        " --categories {params.categories:q} {params.job_options} --threads {threads} {params.provenance}"
         " --fashioniq-out {output.fashioniq} {output.fashioniq_rankings}"
         " --enhfashioniq-out {output.enhfashioniq} {output.enhfashioniq_rankings} 2> {log}"
 
@@ -49,8 +50,8 @@ rule search_index:
     params:
         sources=json.dumps(config["search"]["gallery_sources"]),
         splits=json.dumps(config["search"]["gallery_splits"]),
-        run_options=run_only(RUN["evaluation"]),
+        job_options=job_option(JOB_OPTIONS["evaluation"]),
     shell:
         "python workflow_scripts/build_search_index.py --model {input.model} --manifest {input.manifest}"
-        " --sources {params.sources:q} --splits {params.splits:q} {params.run_options} --threads {threads}"
+        " --sources {params.sources:q} --splits {params.splits:q} {params.job_options} --threads {threads}"
         " --out {output} 2> {log}"

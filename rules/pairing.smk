@@ -1,4 +1,5 @@
 # Stage: pairing (paper §3.1). CLIP embeddings in shards, gathered, then exact top-k pairing.
+# Scripts: embed_images.py (embed), gather_embeddings.py, pair_images.py (pair).
 
 
 rule embed:
@@ -22,12 +23,12 @@ rule embed:
         pretrained=config["embedding"]["pretrained"],
         precision=config["embedding"]["precision"],
         seed=config["pairing"]["seed"],
-        run_options=run_only(RUN["embed"]),
+        job_options=job_option(JOB_OPTIONS["embed"]),
     shell:
         "OMP_NUM_THREADS={threads} python workflow_scripts/embed_images.py --manifest {input.manifest}"
         " --shard {wildcards.shard} --shards {params.shards} --sources {params.sources:q}"
         " --fashioniq-splits {params.fashioniq_splits:q} --model {params.model:q} --pretrained={params.pretrained:q}"
-        " --precision {params.precision} --seed {params.seed} --threads {threads} {params.run_options} --out {output} 2> {log}"
+        " --precision {params.precision} --seed {params.seed} --threads {threads} {params.job_options} --out {output} 2> {log}"
 
 
 rule gather_embeddings:
@@ -46,7 +47,7 @@ rule gather_embeddings:
     params:
         model=config["embedding"]["model"],
         pretrained=config["embedding"]["pretrained"],
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/gather_embeddings.py --shards {input} --out {output.embeddings}"
         " --report {output.report} --model {params.model:q} --pretrained={params.pretrained:q}"
@@ -73,8 +74,8 @@ rule pair:
         top_k=config["pairing"]["top_k"],
         seed=config["pairing"]["seed"],
         engine=config["pairing"]["engine"],
-        block=run_only(config["pairing"]["block"]),
-        provenance=run_only(RUN["provenance"]),
+        block=job_option(config["pairing"]["block"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " python workflow_scripts/pair_images.py --manifest {input.manifest} --embeddings {input.embeddings}"

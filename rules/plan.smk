@@ -3,6 +3,7 @@
 # requests, tokens and dollars at annotation.prices (the one price rule), and disk. The data files
 # are read when they exist, never made: they are no inputs (a plan must not start the workflow), and
 # their sizes and times are a param, so the plan is made again when one of them appears or changes.
+# Script: plan.py.
 
 
 localrules:

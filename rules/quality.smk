@@ -1,6 +1,7 @@
 # Stage: quality evaluation (paper §3.2, Table 2). A seeded sample per dataset, an annotation kit
 # for people (results/quality/kit/), and Table 2 from their score files; on the synthetic world,
 # automatic annotators score the sample from the ground truth when no score files are listed.
+# Scripts: make_quality_sample.py, make_annotation_kit.py (quality_kit), auto_annotate.py, make_table2.py.
 
 
 rule quality_sample:
@@ -20,7 +21,7 @@ rule quality_sample:
         categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
         size=config["quality"]["sample_size"],
         seed=config["quality"]["seed"],
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/make_quality_sample.py --manifest {input.manifest} {params.datasets}"
         " --fashioniq-split {params.split} --categories {params.categories:q} --size {params.size}"
@@ -89,7 +90,7 @@ rule table2:
         **cluster_resources("table2"),
     params:
         automatic="--automatic" if uses_automatic_annotators() else "",
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/make_table2.py --sample {input.sample} --annotations {input.annotations}"
         " {params.automatic} {params.provenance} --md {output.md} --csv {output.csv} --agreement {output.agreement}"

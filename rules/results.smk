@@ -1,5 +1,6 @@
 # Stage: the paper's experiment tables (3, 4, 5) and figures (5, 6) from the evaluations. Each is
 # its own target: `snakemake --cores 2 results/tables/table5.md` builds that table and what it needs.
+# Scripts: make_results.py for table, figure5 and figure6 (they read the same evaluation files).
 
 
 # Small tables and figures: on a cluster they run in the main Snakemake process, not as jobs.
@@ -29,7 +30,7 @@ rule table:
         spec=lambda wc: json.dumps(config["experiments"][f"table{wc.number}"]),
         variants=table_variants,
         bootstrap=json.dumps(config["evaluation"]["bootstrap"]),
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/make_results.py table{wildcards.number} --spec {params.spec:q}"
         " --variants {params.variants:q} --results {input.results} --rankings {input.rankings}"
@@ -53,7 +54,7 @@ rule figure5:
     params:
         spec=json.dumps({"variants": figure5_variants(), "caption": figure5_caption()}),
         bootstrap=json.dumps(config["evaluation"]["bootstrap"]),
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/make_results.py figure5 --spec {params.spec:q} --results {input.results}"
         " --rankings {input.rankings} --bootstrap {params.bootstrap:q} {params.provenance} --out {output.png}"
@@ -75,8 +76,8 @@ rule figure6:
     params:
         spec=json.dumps(config["experiments"]["figure6"]),
         # Figure 6 draws rankings, no intervals: the bootstrap setting does not change it.
-        bootstrap=run_only(json.dumps(config["evaluation"]["bootstrap"])),
-        provenance=run_only(RUN["provenance"]),
+        bootstrap=job_option(json.dumps(config["evaluation"]["bootstrap"])),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/make_results.py figure6 --spec {params.spec:q} --results {input.results}"
         " --rankings {input.rankings} --bootstrap {params.bootstrap:q} --manifest {input.manifest}"

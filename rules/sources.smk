@@ -1,5 +1,7 @@
 # Stage: sources. The synthetic world (embedded default), downloads of the real datasets, and the
 # image manifest of all sources.
+# Scripts: make_synthetic_world.py, download_source.py, build_manifest.py (each named for what it
+# does; one rule each).
 
 
 # Cluster nodes often have no internet: downloads run where Snakemake itself runs.
@@ -18,10 +20,10 @@ rule download:
         **cluster_resources("download"),
     params:
         entries=lambda wildcards: json.dumps(download_entries(wildcards)),
-        partial_dir=run_only(config["downloads"]["partial_dir"]),
-        timeout=run_only(config["downloads"]["timeout_s"]),
-        retries=run_only(config["downloads"]["retries"]),
-        backoff=run_only(config["downloads"]["backoff_s"]),
+        partial_dir=job_option(config["downloads"]["partial_dir"]),
+        timeout=job_option(config["downloads"]["timeout_s"]),
+        retries=job_option(config["downloads"]["retries"]),
+        backoff=job_option(config["downloads"]["backoff_s"]),
     shell:
         "python workflow_scripts/download_source.py --source {wildcards.source} --entries {params.entries:q}"
         " --partial-dir {params.partial_dir:q} --timeout {params.timeout}"
@@ -65,7 +67,7 @@ rule manifest:
         sources=json.dumps(resolved_sources(), sort_keys=True),
         verify=config["manifest"]["verify_images"],
         strict="--strict" if config["manifest"]["strict"] else "",
-        provenance=run_only(RUN["provenance"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/build_manifest.py --sources {params.sources:q} --verify {params.verify}"
         " {params.strict} --threads {threads} {params.provenance}"

@@ -2,7 +2,9 @@
 # the embedded default, then stage 1 on FACap and stage 2 on FashionIQ for every variant of
 # experiments.variants. Checkpoints live outside the outputs, so a killed job resumes.
 # Params carry what changes a model; the device, GPUs (launcher), checkpoint folder and run label
-# are run_only params (rules/common.smk), so moving a run never retrains it.
+# are job_option params (rules/common.smk), so moving a run never retrains it.
+# Scripts: train_tokenizer.py (tokenizer), pretrain_backbone.py (pretrain), train_model.py for both
+# stages (--stage stage1|stage2: one trainer, two recipes).
 
 
 rule tokenizer:
@@ -42,17 +44,17 @@ rule pretrain:
     resources:
         **cluster_resources("pretrain", runtime=training_runtime("pretrain")),
     params:
-        run=as_json(training_result_settings(config, "pretrain")),
+        recipe=as_json(training_result_settings(config, "pretrain")),
         image_size=config["model"]["image_size"],
         max_text_length=config["model"]["max_text_length"],
-        launcher=run_only(RUN["launcher"]["pretrain"]),
-        run_settings=run_only(RUN["training"]),
-        checkpoints=run_only(RUN["checkpoints"]["backbone"]),
-        provenance=run_only(RUN["provenance"]),
+        launcher=job_option(JOB_OPTIONS["launcher"]["pretrain"]),
+        job_options=job_option(JOB_OPTIONS["training"]),
+        checkpoints=job_option(JOB_OPTIONS["checkpoints"]["backbone"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "{params.launcher} workflow_scripts/pretrain_backbone.py --manifest {input.manifest}"
         " --tokenizer {input.tokenizer} --image-size {params.image_size} --max-text-length {params.max_text_length}"
-        " --run {params.run:q} --training {params.run_settings:q} --checkpoints {params.checkpoints}"
+        " --recipe {params.recipe:q} --job-options {params.job_options:q} --checkpoints {params.checkpoints}"
         " --threads {threads} {params.provenance} --out {output} 2> {log}"
 
 
@@ -74,15 +76,15 @@ rule train_stage1:
     params:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
         model=model_settings,
-        run=as_json(training_result_settings(config, "stage1")),
-        launcher=run_only(RUN["launcher"]["train_stage1"]),
-        run_settings=run_only(RUN["training"]),
-        checkpoints=run_only(RUN["checkpoints"]["stage1"]),
-        provenance=run_only(RUN["provenance"]),
+        recipe=as_json(training_result_settings(config, "stage1")),
+        launcher=job_option(JOB_OPTIONS["launcher"]["train_stage1"]),
+        job_options=job_option(JOB_OPTIONS["training"]),
+        checkpoints=job_option(JOB_OPTIONS["checkpoints"]["stage1"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage stage1 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
-        " --manifest {input.manifest} --facap {input.facap} --run {params.run:q} --training {params.run_settings:q}"
+        " --manifest {input.manifest} --facap {input.facap} --recipe {params.recipe:q} --job-options {params.job_options:q}"
         " --checkpoints {params.checkpoints}/{wildcards.variant} --threads {threads} {params.provenance}"
         " --out {output} 2> {log}"
 
@@ -105,16 +107,16 @@ rule train_stage2:
     params:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
         model=model_settings,
-        run=as_json(training_result_settings(config, "stage2")),
+        recipe=as_json(training_result_settings(config, "stage2")),
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
-        launcher=run_only(RUN["launcher"]["train_stage2"]),
-        run_settings=run_only(RUN["training"]),
-        checkpoints=run_only(RUN["checkpoints"]["stage2"]),
-        provenance=run_only(RUN["provenance"]),
+        launcher=job_option(JOB_OPTIONS["launcher"]["train_stage2"]),
+        job_options=job_option(JOB_OPTIONS["training"]),
+        checkpoints=job_option(JOB_OPTIONS["checkpoints"]["stage2"]),
+        provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage stage2 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
         " --manifest {input.manifest} --fashioniq-root {params.fashioniq_root} --categories {params.categories:q}"
-        " --run {params.run:q} --training {params.run_settings:q} --checkpoints {params.checkpoints}/{wildcards.variant}"
+        " --recipe {params.recipe:q} --job-options {params.job_options:q} --checkpoints {params.checkpoints}/{wildcards.variant}"
         " --threads {threads} {params.provenance} --out {output} 2> {log}"

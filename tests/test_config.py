@@ -13,7 +13,7 @@ from snakemake.utils import validate
 
 from fashionblip2.config import (
     annotation_answer_settings,
-    annotation_run_settings,
+    annotation_job_options,
     check_experiment_names,
     check_paths,
     figure5_caption,
@@ -22,8 +22,8 @@ from fashionblip2.config import (
     path_problems,
     resolved_sources,
     runtime_minutes,
+    training_job_options,
     training_result_settings,
-    training_run_settings,
     variant_setting,
     variants,
 )
@@ -72,15 +72,15 @@ def test_runtime_requests_follow_the_work():
     assert runtime_minutes(1, 1e9, margin=1, startup_min=0) == 1
 
 
-def test_run_settings_never_overlap_the_settings_that_change_results(config):
+def test_job_options_never_overlap_the_settings_that_change_results(config):
     for stage in ("caption", "modification"):
-        answers, run = annotation_answer_settings(config, stage), annotation_run_settings(config, stage)
+        answers, run = annotation_answer_settings(config, stage), annotation_job_options(config, stage)
         assert not set(answers) & set(run)
         assert {"backend", "max_words"} <= set(answers) and {"concurrency", "max_failed_fraction"} <= set(run)
     result = training_result_settings(config, "stage2")
     assert result["lr"] == config["training"]["stage2"]["lr"] and {"seed", "precision"} <= set(result)
-    assert set(training_run_settings(config)) == {"device", "gradient_checkpointing", "cache_image_features"}
-    assert not set(result) & set(training_run_settings(config))
+    assert set(training_job_options(config)) == {"device", "gradient_checkpointing", "cache_image_features"}
+    assert not set(result) & set(training_job_options(config))
 
 
 @pytest.mark.parametrize(

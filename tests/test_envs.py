@@ -128,7 +128,7 @@ def missing_from_env(script: Path, env: Path, root: Path = ROOT, package: str = 
 
 def test_every_rule_has_an_env_and_a_script():
     found = rules()
-    assert {"embed", "caption", "modify", "train_stage1", "table"} <= set(found)
+    assert {"embed", "caption", "modification", "train_stage1", "table"} <= set(found)
     for env, script in found.values():
         assert (ROOT / env).exists(), env
         assert (ROOT / script).exists(), script

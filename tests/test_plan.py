@@ -83,8 +83,12 @@ def test_the_plan_runs_before_anything_and_counts_the_jobs_snakemake_runs(workfl
     assert not (workflow_copy / "data/raw").exists()
     snakemake(workflow_copy, "--cores", "1", "plan", *paper)
     plan = plan_json(workflow_copy)
-    modify = rows(plan)["modify"]
-    assert modify["backend"] == "openai-batch" and modify["api_requests"] == 243_216 and modify["usd"] > 0
+    modification = rows(plan)["modification"]
+    assert (
+        modification["backend"] == "openai-batch"
+        and modification["api_requests"] == 243_216
+        and modification["usd"] > 0
+    )
     assert rows(plan)["caption"]["gpu_hours"] > 40  # 243,216 images at the paper's 1.54 images/s
     # Any other target still checks the paths first.
     refused = snakemake(workflow_copy, "-n", "all", *paper, check=False)
@@ -154,17 +158,19 @@ def test_the_plans_dollars_are_what_a_loopback_server_is_asked_for(workflow_copy
         assert planned["caption"]["usd_left"] == 0
         snakemake(workflow_copy, "--cores", "1", "data/annotation/modifications.parquet", *preset)
         requests, input_tokens, output_tokens, usd = bill(server, "test-llm", prices)
-        modify = planned["modify"]
-        assert modify["backend"] == "openai-batch" and requests > 0
-        assert (modify["api_requests"], modify["input_tokens"], modify["output_tokens"]) == (
+        modification = planned["modification"]
+        assert modification["backend"] == "openai-batch" and requests > 0
+        assert (modification["api_requests"], modification["input_tokens"], modification["output_tokens"]) == (
             requests,
             input_tokens,
             output_tokens,
         )
-        assert modify["usd"] == pytest.approx(usd, abs=1e-4)
+        assert modification["usd"] == pytest.approx(usd, abs=1e-4)
         # The estimate before the captions existed was an upper bound of what was asked.
-        assert before["modify"]["input_tokens"] >= input_tokens * before["modify"]["api_requests"] / requests
+        assert (
+            before["modification"]["input_tokens"] >= input_tokens * before["modification"]["api_requests"] / requests
+        )
         total = plan_json(workflow_copy)["totals"]["all"]
-        assert total["usd"] == pytest.approx(caption["usd"] + modify["usd"], abs=1e-4)
+        assert total["usd"] == pytest.approx(caption["usd"] + modification["usd"], abs=1e-4)
     finally:
         server.stop()

@@ -5,7 +5,7 @@ A rule passes every setting to its script, and config.yaml is the one owner of t
 script requires what its rule always passes (`required=True`) and defaults nothing (a flag that only
 some rules pass has no default, and the script checks it). The Example is what a user copies to run
 a script by hand, so it must give every required flag. The scripts are read with `ast`, never run:
-flags added by the shared helpers of fashionblip2/cli_utils.py are read from those helpers, and
+flags added by the shared helpers of fashionblip2/workflow_cli.py are read from those helpers, and
 flags declared in a `for` loop over constants (f-string names) are expanded.
 """
 
@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "workflow_scripts").glob("*.py"))
-CLI_UTILS = REPO / "fashionblip2" / "cli_utils.py"
+CLI_UTILS = REPO / "fashionblip2" / "workflow_cli.py"
 
 # What an add_argument option name or `required=` may be built from: constants, loop variables,
 # f-strings and comparisons (evaluated with the enclosing loops' values, nothing else in scope).
@@ -133,7 +133,7 @@ def declarations(path: Path, tree: ast.AST | None = None) -> Declarations:
 
 
 def _helpers() -> dict[str, list[Argument]]:
-    """The functions of cli_utils.py that add arguments to the parser they are given."""
+    """The functions of workflow_cli.py that add arguments to the parser they are given."""
     helpers = {}
     for node in ast.parse(CLI_UTILS.read_text()).body:
         if isinstance(node, ast.FunctionDef) and node.args.args:
@@ -183,7 +183,7 @@ def test_helpers_declare_required_flags():
     """The helpers are found and read (else a script calling them would be checked for nothing)."""
     called = {h for path in SCRIPTS for calls in declarations(path).helper_calls.values() for h in calls}
     used = called & set(HELPERS)
-    assert used, "no workflow script calls an argument helper of cli_utils.py: update this test"
+    assert used, "no workflow script calls an argument helper of workflow_cli.py: update this test"
     for helper in used:
         assert any(a.required for a in HELPERS[helper]), f"{helper} declares no required flag"
 

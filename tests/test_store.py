@@ -18,7 +18,7 @@ from tests.conftest import REPO, WORKFLOW_FILES, python_first_env, snakemake
 
 PRESET = ["--configfile", "config/presets/test.yaml", "store.yaml"]
 DATASET_RULES = {"synthetic_world", "manifest", "embed", "gather_embeddings", "pair", "caption", "gather_captions",
-                 "modify", "gather_modifications", "facap", "enhfashioniq"}  # fmt: skip
+                 "modification", "gather_modifications", "facap", "enhfashioniq"}  # fmt: skip
 
 
 def git(cwd: Path, *args: str) -> str:

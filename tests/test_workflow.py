@@ -184,7 +184,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
         "config/presets/test.yaml",
         "--forcerun",
         "caption",
-        "modify",
+        "modification",
     )
     for name in ("captions_report.json", "modifications_report.json"):
         rep = json.loads((workflow_copy / "data/annotation" / name).read_text())
@@ -296,10 +296,10 @@ def check_minimal_reruns(workdir) -> None:
     # The modification prompt: modifications onward, no caption.
     prompt = (workdir / "prompts/modification.yaml").read_text() + "# edited\n"
     jobs = planned_jobs(workdir, {"annotation": {"modification": {"prompt": "edited.yaml"}}}, {"edited.yaml": prompt})
-    assert set(jobs) == {"modify", "gather_modifications"} | DOWNSTREAM_OF_FACAP, jobs
+    assert set(jobs) == {"modification", "gather_modifications"} | DOWNSTREAM_OF_FACAP, jobs
     # The captioner's model: captions onward.
     jobs = planned_jobs(workdir, {"annotation": {"caption": {"backend": "openai", "model": "a-vlm"}}})
-    assert set(jobs) == {"caption", "gather_captions", "modify", "gather_modifications"} | DOWNSTREAM_OF_FACAP
+    assert set(jobs) == {"caption", "gather_captions", "modification", "gather_modifications"} | DOWNSTREAM_OF_FACAP
     # A source root: everything from the manifest (the world it was copied from is not remade).
     shutil.copytree(workdir / "data/synthetic/world/fashioniq", workdir / "fashioniq_copy")
     jobs = planned_jobs(workdir, {"sources": {"fashioniq": {"root": "fashioniq_copy"}}})

@@ -9,7 +9,7 @@ the number of requests, estimated tokens and cost. The API key is read from the 
 Example:
     python workflow_scripts/annotate.py --stage caption --shard 0 --shards 2 \\
         --settings '{"backend": "metadata", "max_new_tokens": 128, "max_words": 150, "temperature": 0.2}' \\
-        --run-settings '{"concurrency": 32, "max_failed_fraction": 0.02, "max_retries": 6, "timeout_s": 60}' \\
+        --job-options '{"concurrency": 32, "max_failed_fraction": 0.02, "max_retries": 6, "timeout_s": 60}' \\
         --prices '{"image_tokens": 85, "input_per_million": 0.15, "output_per_million": 0.6}' \\
         --prompt prompts/caption.yaml --manifest data/manifest/images.parquet --pairs data/pairs/pairs.parquet \\
         --cache data/cache --batch-state data/annotation/captions/0.batches.json \\
@@ -38,9 +38,9 @@ from fashionblip2.annotation.stages import (  # noqa: E402
     plan_modifications,
     run_plan,
 )
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import atomic_path, write_parquet_atomic  # noqa: E402
 from fashionblip2.common.issues import BadInputError  # noqa: E402
+from fashionblip2.workflow_cli import run_main, setup_logging  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
         "--settings", required=True, help="JSON: the annotation.<stage> keys that change the answers (backend, ...)"
     )
     parser.add_argument(
-        "--run-settings",
+        "--job-options",
         required=True,
         help="JSON: the annotation.<stage> keys that change how it runs, not its answers (concurrency, timeouts, "
         "max_failed_fraction: without it any failed answer stops the shard, ...)",
@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     log = logging.getLogger("annotate")
-    settings = {**json.loads(args.settings), **json.loads(args.run_settings)}
+    settings = {**json.loads(args.settings), **json.loads(args.job_options)}
     template = PromptTemplate.load(args.prompt)
     pairs = pd.read_parquet(args.pairs)
     cache = ResultCache(args.cache)

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.datasets.assembly import assemble_enhfashioniq, assemble_facap  # noqa: E402
+from fashionblip2.workflow_cli import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import atomic_directory  # noqa: E402
 from fashionblip2.quality.automatic import automatic_scores, noisy_annotator  # noqa: E402
 from fashionblip2.quality.table2 import read_sample  # noqa: E402
+from fashionblip2.workflow_cli import run_main, setup_logging  # noqa: E402
 
 
 def main() -> None:

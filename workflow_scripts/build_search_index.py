@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.common.runtime import resolve_device, set_threads  # noqa: E402
 from fashionblip2.evaluation.retrieval import encode_gallery, save_index  # noqa: E402
 from fashionblip2.model import FashionBLIP2  # noqa: E402
 from fashionblip2.model.processing import ImageStore  # noqa: E402
 from fashionblip2.sources.manifest import manifest_paths  # noqa: E402
+from fashionblip2.workflow_cli import run_main, setup_logging  # noqa: E402
 
 log = logging.getLogger("build_search_index")
 

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fashionblip2.cli_utils import add_pairing_selection, run_main, selected_images, setup_logging  # noqa: E402
 from fashionblip2.pairing.embedding import embed_images, load_image_encoder  # noqa: E402
 from fashionblip2.pairing.embedding_file import EmbeddingFile, shard_bounds  # noqa: E402
+from fashionblip2.workflow_cli import add_pairing_selection, run_main, selected_images, setup_logging  # noqa: E402
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import write_json_atomic, write_parquet_atomic  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
@@ -38,6 +37,7 @@ from fashionblip2.model import FashionBLIP2  # noqa: E402
 from fashionblip2.model.processing import ImageStore  # noqa: E402
 from fashionblip2.model.tokenization import load_tokenizer  # noqa: E402
 from fashionblip2.sources.manifest import manifest_paths  # noqa: E402
+from fashionblip2.workflow_cli import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 
 log = logging.getLogger("evaluate_model")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import write_json_atomic  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.pairing.embedding_file import EmbeddingFile  # noqa: E402
+from fashionblip2.workflow_cli import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 
 
 def main() -> None:

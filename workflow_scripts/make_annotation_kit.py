@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import atomic_directory  # noqa: E402
 from fashionblip2.quality.kit import write_kit  # noqa: E402
 from fashionblip2.quality.table2 import read_sample  # noqa: E402
 from fashionblip2.sources.manifest import manifest_paths  # noqa: E402
+from fashionblip2.workflow_cli import run_main, setup_logging  # noqa: E402
 
 
 def main() -> None:

@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import atomic_directory, write_json_atomic  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.quality.table2 import SAMPLE_ITEMS, build_sample, collect_triplets  # noqa: E402
 from fashionblip2.sources.manifest import manifest_paths  # noqa: E402
+from fashionblip2.workflow_cli import add_provenance_arguments, run_main, setup_logging  # noqa: E402
 
 log = logging.getLogger("make_quality_sample")
 

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import add_provenance_arguments, run_main, setup_logging, table_files  # noqa: E402
 from fashionblip2.results import experiments as ex  # noqa: E402
 from fashionblip2.results.tables import Bootstrap, Evaluations  # noqa: E402
+from fashionblip2.workflow_cli import add_provenance_arguments, run_main, setup_logging, table_files  # noqa: E402
 
 log = logging.getLogger("make_results")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.synthetic import WorldSpec, generate_world  # noqa: E402
+from fashionblip2.workflow_cli import run_main, setup_logging  # noqa: E402
 
 
 def main() -> None:

@@ -13,12 +13,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fashionblip2.cli_utils import add_provenance_arguments, add_table_arguments, run_main, setup_logging, table_files  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.datasets.table1 import TOKENISATION, facap_rows, fashioniq_row, table1  # noqa: E402
 from fashionblip2.results.writing import write_table  # noqa: E402
 from fashionblip2.sources import read_fashioniq_triplets  # noqa: E402
+from fashionblip2.workflow_cli import (
+    add_provenance_arguments,
+    add_table_arguments,
+    run_main,
+    setup_logging,
+    table_files,
+)  # noqa: E402
 
 
 def main() -> None:

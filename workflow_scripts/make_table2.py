@@ -18,10 +18,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-from fashionblip2.cli_utils import add_provenance_arguments, add_table_arguments, run_main, setup_logging, table_files  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.quality.table2 import quality_table, read_annotations, read_sample  # noqa: E402
 from fashionblip2.results.writing import write_table  # noqa: E402
+from fashionblip2.workflow_cli import (
+    add_provenance_arguments,
+    add_table_arguments,
+    run_main,
+    setup_logging,
+    table_files,
+)  # noqa: E402
 
 
 def expand(paths: list[str]) -> list[Path]:

@@ -19,13 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-from fashionblip2.cli_utils import (  # noqa: E402
-    add_pairing_selection,
-    add_provenance_arguments,
-    run_main,
-    selected_images,
-    setup_logging,
-)
 from fashionblip2.common.io import write_json_atomic, write_parquet_atomic  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.pairing.embedding_file import EmbeddingFile  # noqa: E402
@@ -35,6 +28,13 @@ from fashionblip2.pairing.topk import (  # noqa: E402
     align_embeddings,
     pair_groups,
     similarity_summary,
+)
+from fashionblip2.workflow_cli import (  # noqa: E402
+    add_pairing_selection,
+    add_provenance_arguments,
+    run_main,
+    selected_images,
+    setup_logging,
 )
 
 

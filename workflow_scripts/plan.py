@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import atomic_path  # noqa: E402
+from fashionblip2.workflow_cli import run_main, setup_logging  # noqa: E402
 
 log = logging.getLogger("plan")
 

@@ -7,8 +7,8 @@ A killed run resumes from its checkpoint.
 Example:
     python workflow_scripts/pretrain_backbone.py --manifest data/manifest/images.parquet \\
         --tokenizer models/tokenizer --image-size 64 --max-text-length 64 \\
-        --run '{"steps": 400, "batch_size": 32, "lr": 0.001, "warmup_steps": 20, "seed": 0, "precision": "fp32"}' \\
-        --training '{"cache_image_features": true, "device": "auto", "gradient_checkpointing": false}' \\
+        --recipe '{"steps": 400, "batch_size": 32, "lr": 0.001, "warmup_steps": 20, "seed": 0, "precision": "fp32"}' \\
+        --job-options '{"cache_image_features": true, "device": "auto", "gradient_checkpointing": false}' \\
         --checkpoints checkpoints/backbone --threads 1 --data synthetic --run-name default --out models/backbone
 """
 
@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import add_training_run_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.common.runtime import seed_everything, set_threads  # noqa: E402
 from fashionblip2.datasets.triplets import pretraining_pairs  # noqa: E402
@@ -37,6 +36,7 @@ from fashionblip2.training.runs import (  # noqa: E402
     train_backbone,
     train_config,
 )
+from fashionblip2.workflow_cli import add_training_arguments, run_main, setup_logging  # noqa: E402
 
 log = logging.getLogger("pretrain_backbone")
 
@@ -47,11 +47,11 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, help="a tokenizer folder")
     parser.add_argument("--image-size", required=True, type=int)
     parser.add_argument("--max-text-length", required=True, type=int)
-    add_training_run_arguments(parser)
+    add_training_arguments(parser)
     args = parser.parse_args()
     setup_logging()
     set_threads(args.threads)
-    cfg = train_config(json.loads(args.run), json.loads(args.training))
+    cfg = train_config(json.loads(args.recipe), json.loads(args.job_options))
     manifest = pd.read_parquet(args.manifest)
     keys, texts = pretraining_pairs(manifest)
     if len(keys) < cfg.batch_size:

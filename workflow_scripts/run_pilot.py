@@ -36,16 +36,16 @@ from fashionblip2.annotation.pilot import StageSummary, pilot_table, sample_pair
 from fashionblip2.annotation.pricing import Prices  # noqa: E402
 from fashionblip2.annotation.prompts import PromptTemplate  # noqa: E402
 from fashionblip2.annotation.stages import images_to_caption, plan_captions, plan_modifications  # noqa: E402
-from fashionblip2.cli_utils import (  # noqa: E402
+from fashionblip2.common.io import write_parquet_atomic  # noqa: E402
+from fashionblip2.common.provenance import provenance  # noqa: E402
+from fashionblip2.results.writing import write_table  # noqa: E402
+from fashionblip2.workflow_cli import (  # noqa: E402
     add_provenance_arguments,
     add_table_arguments,
     run_main,
     setup_logging,
     table_files,
 )
-from fashionblip2.common.io import write_parquet_atomic  # noqa: E402
-from fashionblip2.common.provenance import provenance  # noqa: E402
-from fashionblip2.results.writing import write_table  # noqa: E402
 
 log = logging.getLogger("pilot")
 

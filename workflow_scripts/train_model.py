@@ -7,17 +7,19 @@ with the same data order.
 Examples:
     SPEC='{"adapters": true, "losses": ["cir", "ctr"], "matching": "multihead"}'
     MODEL='{"adapter_factor": 16, "head_dim": 256, "max_text_length": 64, "num_heads": 12}'
-    TRAINING='{"cache_image_features": true, "device": "auto", "gradient_checkpointing": false}'
-    python workflow_scripts/train_model.py --stage stage1 --variant cir_ctr_mh --spec "$SPEC" --model-settings "$MODEL" \\
+    JOB_OPTIONS='{"cache_image_features": true, "device": "auto", "gradient_checkpointing": false}'
+    python workflow_scripts/train_model.py --stage stage1 --variant cir_ctr_mh --spec "$SPEC" \\
+        --model-settings "$MODEL" \\
         --start models/backbone --tokenizer models/tokenizer --manifest data/manifest/images.parquet \\
-        --facap data/facap --run '{"steps": 200, "batch_size": 32, "lr": 0.0005, "seed": 0, "precision": "fp32"}' \\
-        --training "$TRAINING" --checkpoints checkpoints/stage1/cir_ctr_mh --threads 1 \\
+        --facap data/facap --recipe '{"steps": 200, "batch_size": 32, "lr": 0.0005, "seed": 0, "precision": "fp32"}' \\
+        --job-options "$JOB_OPTIONS" --checkpoints checkpoints/stage1/cir_ctr_mh --threads 1 \\
         --data synthetic --run-name default --out models/stage1/cir_ctr_mh
-    python workflow_scripts/train_model.py --stage stage2 --variant cir_ctr_mh --spec "$SPEC" --model-settings "$MODEL" \\
+    python workflow_scripts/train_model.py --stage stage2 --variant cir_ctr_mh --spec "$SPEC" \\
+        --model-settings "$MODEL" \\
         --start models/stage1/cir_ctr_mh --tokenizer models/tokenizer --manifest data/manifest/images.parquet \\
         --fashioniq-root data/synthetic/world/fashioniq --categories '["dress", "shirt", "toptee"]' \\
-        --run '{"steps": 100, "batch_size": 32, "lr": 0.0002, "seed": 0, "precision": "fp32"}' \\
-        --training "$TRAINING" --checkpoints checkpoints/stage2/cir_ctr_mh --threads 1 \\
+        --recipe '{"steps": 100, "batch_size": 32, "lr": 0.0002, "seed": 0, "precision": "fp32"}' \\
+        --job-options "$JOB_OPTIONS" --checkpoints checkpoints/stage2/cir_ctr_mh --threads 1 \\
         --data synthetic --run-name default --out models/stage2/cir_ctr_mh
 """
 
@@ -32,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import add_training_run_arguments, run_main, setup_logging  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.common.runtime import seed_everything, set_threads  # noqa: E402
@@ -49,6 +50,7 @@ from fashionblip2.training.runs import (  # noqa: E402
     train_cir,
     train_config,
 )
+from fashionblip2.workflow_cli import add_training_arguments, run_main, setup_logging  # noqa: E402
 
 log = logging.getLogger("train_model")
 
@@ -56,7 +58,10 @@ log = logging.getLogger("train_model")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--stage", choices=["stage1", "stage2"], required=True, help="stage1: on FACap; stage2: fine-tuning on FashionIQ"
+        "--stage",
+        choices=["stage1", "stage2"],
+        required=True,
+        help="stage1: on FACap; stage2: fine-tuning on FashionIQ",
     )
     parser.add_argument("--variant", required=True, help="the variant's name (recorded)")
     parser.add_argument("--spec", required=True, help="JSON: the variant (losses, adapters, matching, facap_fraction)")
@@ -71,13 +76,13 @@ def main() -> None:
     parser.add_argument("--facap", help="stage 1: the FACap folder")
     parser.add_argument("--fashioniq-root", help="stage 2: the FashionIQ folder (train captions)")
     parser.add_argument("--categories")
-    add_training_run_arguments(parser)
+    add_training_arguments(parser)
     args = parser.parse_args()
     setup_logging()
     set_threads(args.threads)
     variant = Variant(**json.loads(args.spec))
-    training = json.loads(args.training)
-    cfg = train_config(json.loads(args.run), training)
+    training = json.loads(args.job_options)
+    cfg = train_config(json.loads(args.recipe), training)
     manifest = pd.read_parquet(args.manifest)
     report = InputReport()
     stage = int(args.stage.removeprefix("stage"))  # the rules' and models/<stage>/ name, as a number

@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pandas as pd  # noqa: E402
 
-from fashionblip2.cli_utils import run_main, setup_logging  # noqa: E402
 from fashionblip2.common.io import atomic_directory  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.datasets.triplets import pretraining_pairs, read_facap  # noqa: E402
 from fashionblip2.model.tokenization import train_word_level  # noqa: E402
+from fashionblip2.workflow_cli import run_main, setup_logging  # noqa: E402
 
 log = logging.getLogger("train_tokenizer")
 

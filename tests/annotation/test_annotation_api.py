@@ -232,7 +232,7 @@ def caption_command(stage: dict, manifest: Path, pairs: Path, cache: Path, out: 
         "1",
         "--settings",
         json.dumps(stage),
-        "--run-settings",
+        "--job-options",
         "{}",
         "--prices",
         json.dumps(CONFIG["annotation"]["prices"]),
@@ -359,7 +359,7 @@ def test_a_missing_api_key_is_a_clear_error(tmp_path, caption_inputs):
 @pytest.mark.e2e
 def test_failed_answers_fail_the_run_and_one_command_asks_again_only_for_them(workflow_copy, server_factory):
     """Through the real workflow: an outage stops the run with no dataset; failures below the limit are
-    listed; after the cause is fixed, `--forcerun caption modify` asks only for what failed."""
+    listed; after the cause is fixed, `--forcerun caption modification` asks only for what failed."""
     target = "data/annotation/modifications_report.json"
 
     def run(base_url: str, max_failed: float, *extra: str, check: bool = True):
@@ -372,8 +372,8 @@ def test_failed_answers_fail_the_run_and_one_command_asks_again_only_for_them(wo
     # An outage (nothing listens on the port): the job fails naming the counts and the list of failures.
     outage = run("http://127.0.0.1:9/v1", 0.02, check=False)
     assert outage.returncode != 0
-    log = (workflow_copy / "logs/annotation/modify_0.log").read_text()
-    assert "answers failed" in log and "APIConnectionError" in log and "modify_0_failures.tsv" in log
+    log = (workflow_copy / "logs/annotation/modification_0.log").read_text()
+    assert "answers failed" in log and "APIConnectionError" in log and "modification_0_failures.tsv" in log
     assert not list((workflow_copy / "data/annotation").glob("modifications*/*.parquet"))
     assert not (workflow_copy / "data/annotation/modifications.parquet").exists()
 
@@ -385,7 +385,7 @@ def test_failed_answers_fail_the_run_and_one_command_asks_again_only_for_them(wo
     assert 0 < failed < report["items"] and list(report["failures_by_reason"]) == [
         "InternalServerError: Error code: 500 - server error"
     ]
-    assert len(pd.read_csv(workflow_copy / "logs/annotation/modify_0_failures.tsv", sep="\t")) > 0
+    assert len(pd.read_csv(workflow_copy / "logs/annotation/modification_0_failures.tsv", sep="\t")) > 0
     texts = pd.read_parquet(workflow_copy / "data/annotation/modifications.parquet")
     questions = texts.loc[texts["status"] != "ok", "key"].nunique()  # two pairs may ask the same question
     # One request per distinct question (the tiny world has pairs asking the same one), and one more
@@ -395,7 +395,7 @@ def test_failed_answers_fail_the_run_and_one_command_asks_again_only_for_them(wo
 
     # The cause fixed: the documented command asks for the failed questions only, each once.
     fixed = server_factory()
-    run(fixed.base_url, 0.02, "--forcerun", "caption", "modify")
+    run(fixed.base_url, 0.02, "--forcerun", "caption", "modification")
     report = json.loads((workflow_copy / target).read_text())
     assert report["failed"] == 0 and report["answered_from_cache"] == report["items"] - failed
     assert len(fixed.requests()) == questions == len({r["item"] for r in fixed.requests()})

@@ -1,4 +1,8 @@
-"""Shared set-up of the workflow scripts: logging to stderr (the rule's log file) and error reporting."""
+"""What the workflow scripts (workflow_scripts/*.py, one per rule) share: logging to stderr (the
+rule's log file), error reporting without a traceback, and the flags several scripts take. A
+script's flags say what kind of setting they carry: ``--settings`` / ``--recipe`` change what a job
+writes (they are the rule's params), ``--job-options`` only how it runs (device, threads,
+concurrency, timeouts: editing them reruns nothing). The ``fashionblip2`` command uses the logging."""
 
 from __future__ import annotations
 
@@ -74,14 +78,14 @@ def add_provenance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-name", required=True, help="the config's run_name")
 
 
-def add_training_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """What every training script takes: the run's settings, where its checkpoint goes, the threads
     it may use, provenance, and the output folder."""
     parser.add_argument(
-        "--run", required=True, help="JSON: what changes the model: steps, batch_size, lr, ..., seed, precision"
+        "--recipe", required=True, help="JSON: what changes the model: steps, batch_size, lr, ..., seed, precision"
     )
     parser.add_argument(
-        "--training",
+        "--job-options",
         required=True,
         help="JSON: how it runs, not what it learns: device, gradient_checkpointing, cache_image_features",
     )
