@@ -31,6 +31,30 @@ def merged(base: dict, override: dict) -> dict:
     return out
 
 
+def train_config(run: str = "stage1", **overrides):
+    """A TrainConfig from config.yaml's training.<run> and shared keys, with ``overrides``."""
+    from fashionblip2.training.runs import train_config as from_config
+
+    training = default_config()["training"]
+    return from_config({**training[run], **overrides}, {**training, **overrides})
+
+
+def variant(**spec):
+    """A variant as config declares one (CIR + CTR, adapters, multi-head matching), with ``spec``."""
+    from fashionblip2.training.runs import Variant
+
+    return Variant.from_spec({"losses": ["cir", "ctr"], "adapters": True, "matching": "multihead", **spec})
+
+
+def model_settings(**overrides):
+    """config.yaml's model settings (the heads, the text length), with ``overrides``."""
+    from fashionblip2.config import MODEL_SETTING_KEYS
+    from fashionblip2.training.runs import ModelSettings
+
+    model = default_config()["model"]
+    return ModelSettings(**{**{k: model[k] for k in MODEL_SETTING_KEYS}, **overrides})
+
+
 def synthetic_spec(override: dict) -> dict:
     """The synthetic section of config.yaml with ``override`` merged in."""
     return merged(default_config()["synthetic"], override)

@@ -27,7 +27,7 @@ from fashionblip2.config import (
     variant_setting,
     variants,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, variant
 
 
 @pytest.fixture
@@ -131,15 +131,15 @@ def test_figure5_subsets_train_for_the_full_sets_epochs_by_default(config):
 
     experiments = config["experiments"]
     name = fraction_variant(experiments["figure5"]["variant"], 0.25)
-    subset = Variant(**variants(experiments)[name])
+    subset = Variant.from_spec(variants(experiments)[name])
     assert subset.fraction_budget == "epochs"
     assert subset.stage1_steps(200, used=177, full=706) == 51  # ceil(200 * 177 / 706): the full set's epochs
     assert "as many epochs as the full set" in figure5_caption(experiments)
     steps = copy.deepcopy(experiments)
     steps["figure5"]["budget"] = "steps"
-    assert Variant(**variants(steps)[name]).stage1_steps(200, used=177, full=706) == 200
+    assert Variant.from_spec(variants(steps)[name]).stage1_steps(200, used=177, full=706) == 200
     assert "as many steps" in figure5_caption(steps)
-    assert Variant().stage1_steps(200, used=706, full=706) == 200
+    assert variant().stage1_steps(200, used=706, full=706) == 200
 
 
 @pytest.mark.parametrize(
@@ -277,36 +277,7 @@ ALLOWED_LIBRARY_DEFAULTS = {
 
 # Not fixed yet (issue 21, item 5, open): the config-built dataclasses' field defaults and the
 # download entries' optional keys. Each fix removes its lines; the test fails on a stale one.
-NOT_YET_FIXED = {
-    "fashionblip2/sources/download.py: get(kind)",
-    "fashionblip2/sources/download.py: get(suffix)",
-    "fashionblip2/training/runs.py: ModelSettings.adapter_factor",
-    "fashionblip2/training/runs.py: ModelSettings.head_dim",
-    "fashionblip2/training/runs.py: ModelSettings.max_text_length",
-    "fashionblip2/training/runs.py: ModelSettings.num_heads",
-    "fashionblip2/training/runs.py: ModelSettings.similarity_scale",
-    "fashionblip2/training/runs.py: Variant.adapters",
-    "fashionblip2/training/runs.py: Variant.facap_fraction",
-    "fashionblip2/training/runs.py: Variant.label",
-    "fashionblip2/training/runs.py: Variant.losses",
-    "fashionblip2/training/runs.py: Variant.matching",
-    "fashionblip2/training/trainer.py: TrainConfig.batch_size",
-    "fashionblip2/training/trainer.py: TrainConfig.betas",
-    "fashionblip2/training/trainer.py: TrainConfig.checkpoint_every",
-    "fashionblip2/training/trainer.py: TrainConfig.device",
-    "fashionblip2/training/trainer.py: TrainConfig.eps",
-    "fashionblip2/training/trainer.py: TrainConfig.grad_clip",
-    "fashionblip2/training/trainer.py: TrainConfig.gradient_checkpointing",
-    "fashionblip2/training/trainer.py: TrainConfig.lr",
-    "fashionblip2/training/trainer.py: TrainConfig.micro_batch_size",
-    "fashionblip2/training/trainer.py: TrainConfig.onecycle_div_factor",
-    "fashionblip2/training/trainer.py: TrainConfig.precision",
-    "fashionblip2/training/trainer.py: TrainConfig.schedule",
-    "fashionblip2/training/trainer.py: TrainConfig.seed",
-    "fashionblip2/training/trainer.py: TrainConfig.steps",
-    "fashionblip2/training/trainer.py: TrainConfig.warmup_steps",
-    "fashionblip2/training/trainer.py: TrainConfig.weight_decay",
-}
+NOT_YET_FIXED: set[str] = set()
 
 
 def test_no_library_default_for_a_config_setting():

@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     set_threads(args.threads)
-    variant = Variant(**json.loads(args.spec))
+    variant = Variant.from_spec(json.loads(args.spec))
     training = json.loads(args.job_options)
     cfg = train_config(json.loads(args.recipe), training)
     manifest = pd.read_parquet(args.manifest)
@@ -112,7 +112,7 @@ def main() -> None:
         raise SystemExit(f"{len(data)} usable triplets, fewer than one batch of {cfg.batch_size}")
     tokenizer = load_tokenizer(args.tokenizer)
     seed_everything(cfg.seed)
-    model = build_model(args.start, variant, ModelSettings(**json.loads(args.model_settings)), stage)
+    model = build_model(args.start, variant, ModelSettings.from_params(json.loads(args.model_settings)), stage)
     log.info(
         "%s, variant %s: %d triplets, %d steps; parameters %s",
         args.stage,

@@ -160,7 +160,7 @@ def check_entries(source: str, entries: list[dict[str, Any]]) -> None:
         where = f"downloads.{source}[{i}]"
         if not entry.get("url"):
             raise BadInputError(f"{where}.url is empty: fill it in from the dataset's page, or use a local root")
-        kind = entry.get("kind", "file")
+        kind = entry["kind"]  # the schema's one default (file) fills it when the entry leaves it out
         if kind in ("file", "archive") and not entry.get("sha256"):
             raise BadInputError(f"{where}.sha256 is empty: a {kind} is only accepted with its checksum")
         if kind == "file" and not entry.get("path"):
@@ -193,7 +193,7 @@ def download_source(
     result = SourceDownload()
     archives = Path(settings.partial_dir) / "archives"
     for entry in entries:
-        kind = entry.get("kind", "file")
+        kind = entry["kind"]
         if kind == "file":
             fetch(entry["url"], staging / entry["path"], entry["sha256"], settings)
             result.files.append(entry["path"])
@@ -214,7 +214,7 @@ def download_source(
                     continue
                 try:
                     fetch(
-                        url, staging / entry.get("folder", "images") / f"{name}{entry.get('suffix', '')}", None, quiet
+                        url, staging / entry.get("folder", "images") / f"{name}{entry.get('suffix') or ''}", None, quiet
                     )
                     result.images += 1
                 except DownloadError as error:

@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 
 from fashionblip2.common.io import atomic_directory, dumps_json
 from fashionblip2.common.runtime import resolve_device
+from fashionblip2.config import VARIANT_DEFAULTS
 from fashionblip2.datasets.triplets import Triplets
 from fashionblip2.model import FashionBLIP2
 from fashionblip2.model.configuration import MATCHING
@@ -140,16 +141,23 @@ def hold_checkpoints(checkpoint_dir: str | os.PathLike[str]) -> None:
 
 @dataclass
 class Variant:
-    """One model of the experiment grid (declared once in config under ``experiments.variants``)."""
+    """One model of the experiment grid (declared once in config under ``experiments.variants``);
+    build it with :meth:`from_spec`, which fills the keys a variant may leave out."""
 
-    losses: list[str] = field(default_factory=lambda: ["cir", "ctr"])
-    adapters: bool = True
-    matching: str = "multihead"
-    facap_fraction: float = 1.0  # 0: no FACap stage; stage 2 starts from the pretrained backbone
+    losses: list[str]
+    adapters: bool
+    matching: str
+    facap_fraction: float  # 0: no FACap stage; stage 2 starts from the pretrained backbone
     # A FACap subset trains for as many "epochs" as the full set (steps scaled by the fraction, as
     # "increasing subsets" implies), or for as many "steps" (the subset is seen more often).
-    fraction_budget: str = "epochs"
-    label: str = ""
+    fraction_budget: str
+    label: str
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Variant:
+        """A variant from its config entry: losses, adapters and matching as declared, the optional
+        keys from their one default (fashionblip2.config.VARIANT_DEFAULTS)."""
+        return cls(**{**VARIANT_DEFAULTS, **spec})
 
     def __post_init__(self):
         unknown = set(self.losses) - set(LOSSES)
@@ -171,15 +179,20 @@ class Variant:
 
 @dataclass
 class ModelSettings:
-    """Sizes of the FashionBLIP-2 heads and text input (paper: 12 heads of 256, factor 16, 128 tokens)."""
+    """Sizes of the FashionBLIP-2 heads and text input (model.<key> in config; the paper: 12 heads of
+    256, factor 16, 128 tokens). ``similarity_scale``: how the head cosines combine, the mean
+    ("per_head", one temperature fits global and multi-head alike) or their sum; None for global
+    matching, whose one head makes it meaningless (and which does not pass it: fashionblip2.config)."""
 
-    adapter_factor: int = 16
-    num_heads: int = 12
-    head_dim: int = 256
-    max_text_length: int = 128
-    # Multi-head similarity as the mean of the head cosines (one temperature fits global and
-    # multi-head alike) or their sum (as first implemented; old checkpoints load as "sum").
-    similarity_scale: str = "per_head"
+    adapter_factor: int
+    num_heads: int
+    head_dim: int
+    max_text_length: int
+    similarity_scale: str | None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> ModelSettings:
+        return cls(**{"similarity_scale": None, **params})
 
 
 class ImageFeatureCache:
@@ -222,7 +235,8 @@ def build_model(start: str | os.PathLike[str], variant: Variant, settings: Model
             num_heads=settings.num_heads,
             head_dim=settings.head_dim,
             max_text_length=settings.max_text_length,
-            similarity_scale=settings.similarity_scale,
+            # Global matching leaves it to the model's own (meaningless with one head).
+            **({"similarity_scale": settings.similarity_scale} if settings.similarity_scale else {}),
         )
     model.set_stage(stage)
     return model

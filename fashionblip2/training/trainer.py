@@ -17,7 +17,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +41,25 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    steps: int = 100
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.98)
-    warmup_steps: int = 10
-    schedule: str = "cosine"  # cosine (linear warm-up, cosine decay to 0) | onecycle
-    # torch's defaults; SPRC fine-tunes FashionIQ with eps 1e-7 and a one-cycle div_factor of 100.
-    eps: float = 1e-8
-    onecycle_div_factor: float = 25.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    checkpoint_every: int = 50
-    device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast; on GPU)
-    gradient_checkpointing: bool = False
-    micro_batch_size: int = 0  # 0: the whole batch at once; else a gradient cache over micro-batches
+    """One training run's recipe and how it runs; every field from config (training.<run> and the
+    shared training keys: :func:`fashionblip2.training.runs.train_config`), none defaulted here."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_steps: int
+    schedule: str  # cosine (linear warm-up, cosine decay to 0) | onecycle
+    eps: float  # AdamW's; SPRC fine-tunes FashionIQ with 1e-7
+    onecycle_div_factor: float  # SPRC: 100
+    grad_clip: float
+    seed: int
+    checkpoint_every: int
+    device: str  # auto (cuda when there is one) | cpu | cuda | cuda:N
+    precision: str  # fp32 | bf16 (autocast; on GPU)
+    gradient_checkpointing: bool
+    micro_batch_size: int  # 0: the whole batch at once; else a gradient cache over micro-batches
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "onecycle"):
@@ -70,8 +72,9 @@ class TrainConfig:
     # gradient checkpointing on to fit it) and still resume its checkpoint.
     RUNTIME_FIELDS = ("device", "gradient_checkpointing")
 
-    # Fields added after checkpoints were first written: a checkpoint without one was trained with its default.
-    ADDED_FIELDS = ("eps", "onecycle_div_factor")
+    # Fields added after checkpoints were first written: a checkpoint without one was trained with
+    # torch's value (AdamW's eps, OneCycleLR's div_factor), which is what it resumes with.
+    ADDED_FIELDS = {"eps": 1e-8, "onecycle_div_factor": 25.0}
 
     def resume_key(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed."""
@@ -79,8 +82,7 @@ class TrainConfig:
 
     def resumes(self, saved: dict[str, Any]) -> bool:
         """Whether a checkpoint written with config ``saved`` continues this run."""
-        added = {f.name: f.default for f in fields(self) if f.name in self.ADDED_FIELDS}
-        saved = added | {k: v for k, v in saved.items() if k not in self.RUNTIME_FIELDS}
+        saved = self.ADDED_FIELDS | {k: v for k, v in saved.items() if k not in self.RUNTIME_FIELDS}
         return saved == self.resume_key()
 
 

@@ -150,7 +150,7 @@ def test_a_source_of_files_archives_and_an_image_list(tmp_path, serve):
     (site / "cap.json").write_text("[]")
     read = lambda name: (site / name).read_bytes()  # noqa: E731
     entries = [
-        {"url": f"{server.url}/cap.json", "sha256": sha(read("cap.json")), "path": "captions/cap.json"},
+        {"kind": "file", "url": f"{server.url}/cap.json", "sha256": sha(read("cap.json")), "path": "captions/cap.json"},
         {"kind": "archive", "url": f"{server.url}/labels.tar.gz", "sha256": sha(read("labels.tar.gz")),
          "strip_components": 1},
         {"kind": "archive", "url": f"{server.url}/more.zip", "sha256": sha(read("more.zip"))},
@@ -175,10 +175,10 @@ def test_a_source_of_files_archives_and_an_image_list(tmp_path, serve):
     "entries, named",
     [
         ([], "downloads.src lists no files"),
-        ([{"url": "", "sha256": "a", "path": "x"}], r"downloads.src\[0\].url is empty"),
-        ([{"url": "http://h/x", "sha256": "", "path": "x"}], r"downloads.src\[0\].sha256 is empty"),
+        ([{"kind": "file", "url": "", "sha256": "a", "path": "x"}], r"downloads.src\[0\].url is empty"),
+        ([{"kind": "file", "url": "http://h/x", "sha256": "", "path": "x"}], r"downloads.src\[0\].sha256 is empty"),
         ([{"kind": "archive", "url": "http://h/x", "sha256": ""}], r"downloads.src\[0\].sha256 is empty"),
-        ([{"url": "http://h/x", "sha256": "a"}], r"downloads.src\[0\].path is empty"),
+        ([{"kind": "file", "url": "http://h/x", "sha256": "a"}], r"downloads.src\[0\].path is empty"),
     ],
 )
 def test_an_incomplete_download_config_names_the_key(tmp_path, entries, named):
@@ -204,7 +204,9 @@ def test_the_download_rule_feeds_the_manifest(workflow_copy, tiny_world, tmp_pat
         relative = path.relative_to(fashioniq).as_posix()
         (site / relative).parent.mkdir(parents=True, exist_ok=True)
         (site / relative).write_bytes(path.read_bytes())
-        entries.append({"url": f"{server.url}/{relative}", "sha256": sha(path.read_bytes()), "path": relative})
+        entries.append(
+            {"kind": "file", "url": f"{server.url}/{relative}", "sha256": sha(path.read_bytes()), "path": relative}
+        )
     overlay = {
         "sources": {"fashioniq": {"root": "download"}},
         "downloads": {"retries": 2, "backoff_s": 0.1, "files": {"fashioniq": entries}},

@@ -10,7 +10,8 @@ import torch.multiprocessing as mp
 
 from fashionblip2.model import FashionBLIP2, FashionBLIP2Config
 from fashionblip2.model.configuration import tiny_blip2_config
-from fashionblip2.training.trainer import TrainConfig, train
+from fashionblip2.training.trainer import train
+from tests.conftest import train_config
 
 N, BATCH = 16, 8
 # Weights after 3 AdamW steps of lr 1e-3 agree to 5 % of one step: Adam divides each coordinate's
@@ -59,7 +60,7 @@ def run(out_dir, micro_batch_size: int = 0) -> tuple[dict[str, torch.Tensor], li
         names = ("reference_pixels", "input_ids", "attention_mask", "target_pixels", "caption_ids", "caption_mask")
         plain = make_batch
         make_batch = lambda idx, step: dict(zip(names, plain(idx, step), strict=True))  # noqa: E731
-    cfg = TrainConfig(
+    cfg = train_config(
         steps=3, batch_size=BATCH, lr=1e-3, warmup_steps=1, device="cpu", checkpoint_every=10,
         micro_batch_size=micro_batch_size,
     )  # fmt: skip

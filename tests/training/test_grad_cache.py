@@ -7,7 +7,8 @@ from fashionblip2.model import FashionBLIP2, FashionBLIP2Config
 from fashionblip2.model.configuration import tiny_blip2_config
 from fashionblip2.model.pretraining import Blip2ImageTextContrastive
 from fashionblip2.training.grad_cache import grad_cache_step
-from fashionblip2.training.trainer import TrainConfig, train
+from fashionblip2.training.trainer import train
+from tests.conftest import train_config
 
 N = 10
 
@@ -103,7 +104,7 @@ def test_trainer_with_micro_batches_reaches_the_same_weights(tmp_path):
 
     def run(micro, out):
         model = fashionblip2()
-        cfg = TrainConfig(steps=2, batch_size=N, lr=1e-3, warmup_steps=1, device="cpu", micro_batch_size=micro)
+        cfg = train_config(steps=2, batch_size=N, lr=1e-3, warmup_steps=1, device="cpu", micro_batch_size=micro)
         train(
             model,
             N,

@@ -24,15 +24,13 @@ from fashionblip2.training.runs import (
     LOCK,
     CheckpointBusy,
     ImageFeatureCache,
-    ModelSettings,
-    Variant,
     build_model,
     hold_checkpoints,
     save_run,
     train_backbone,
     train_cir,
 )
-from fashionblip2.training.trainer import TrainConfig
+from tests.conftest import model_settings, train_config, variant
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "black": (10, 10, 10)}
 SHAPES = ["dress", "shirt"]
@@ -55,7 +53,7 @@ def world(tmp_path_factory):
     store = ImageStore(paths, 32)
     backbone = Blip2ImageTextContrastive(tiny_blip2_config(vocab_size=len(tokenizer), image_size=32))
     keys = list(paths)
-    cfg = TrainConfig(steps=3, batch_size=4, lr=1e-3, warmup_steps=1, device="cpu", checkpoint_every=10)
+    cfg = train_config(steps=3, batch_size=4, lr=1e-3, warmup_steps=1, device="cpu", checkpoint_every=10)
     train_backbone(
         backbone, keys, [texts[k] for k in keys], store, tokenizer, cfg, root / "ck", max_text_length=16, progress=False
     )
@@ -76,23 +74,23 @@ def triplets(n=8):
     )
 
 
-SETTINGS = ModelSettings(num_heads=4, head_dim=32, max_text_length=16)
+SETTINGS = model_settings(num_heads=4, head_dim=32, max_text_length=16)
 
 
 def test_pretrained_backbone_is_a_blip2_checkpoint_and_stage_one_adds_fresh_adapters(world):
     config = json.loads((world["backbone"] / "config.json").read_text())
     assert config["model_type"] != "fashionblip2" and (world["backbone"] / "tokenizer_config.json").exists()
-    model = build_model(world["backbone"], Variant(), SETTINGS, stage=1)
+    model = build_model(world["backbone"], variant(), SETTINGS, stage=1)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(".adapter." in n for n in trainable)
     assert not any(n.startswith("backbone.vision_model.") and ".adapter." not in n for n in trainable)
     assert not model.image_encoder_frozen
-    no_adapters = build_model(world["backbone"], Variant(adapters=False, matching="global"), SETTINGS, stage=1)
+    no_adapters = build_model(world["backbone"], variant(adapters=False, matching="global"), SETTINGS, stage=1)
     assert no_adapters.image_encoder_frozen and no_adapters.heads == 1
 
 
 def test_feature_cache_gives_the_encoder_output(world):
-    model = build_model(world["backbone"], Variant(adapters=False), SETTINGS, stage=1)
+    model = build_model(world["backbone"], variant(adapters=False), SETTINGS, stage=1)
     cache = ImageFeatureCache(model, world["store"], batch_size=3)
     keys = ["red_dress", "blue_shirt", "red_dress"]
     with torch.no_grad():
@@ -101,11 +99,11 @@ def test_feature_cache_gives_the_encoder_output(world):
 
 
 @pytest.mark.parametrize(
-    "variant", [Variant(), Variant(adapters=False, losses=["cir"])], ids=["adapters+ctr", "frozen"]
+    "variant", [variant(), variant(adapters=False, losses=["cir"])], ids=["adapters+ctr", "frozen"]
 )
 def test_a_killed_run_resumes_to_the_same_model(world, tmp_path, variant):
     data = triplets()
-    cfg = TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, device="cpu", checkpoint_every=1, seed=5)
+    cfg = train_config(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, device="cpu", checkpoint_every=1, seed=5)
 
     def run(folder, stop_after=None):
         torch.manual_seed(0)
@@ -133,8 +131,8 @@ def test_a_killed_run_resumes_to_the_same_model(world, tmp_path, variant):
 
 
 def test_stage_two_freezes_the_encoder_and_adapters_and_keeps_the_stage_one_weights(world, tmp_path):
-    model = build_model(world["backbone"], Variant(), SETTINGS, stage=1)
-    cfg = TrainConfig(steps=2, batch_size=4, lr=1e-2, warmup_steps=1, device="cpu")
+    model = build_model(world["backbone"], variant(), SETTINGS, stage=1)
+    cfg = train_config(steps=2, batch_size=4, lr=1e-2, warmup_steps=1, device="cpu")
     train_cir(
         model,
         triplets(),
@@ -148,7 +146,7 @@ def test_stage_two_freezes_the_encoder_and_adapters_and_keeps_the_stage_one_weig
     )
     save_run(model, world["tokenizer"], tmp_path / "s1", tmp_path / "ck", {"stage": "stage1"})
     assert not (tmp_path / "ck").exists() and (tmp_path / "s1/metrics.jsonl").exists()
-    stage2 = build_model(tmp_path / "s1", Variant(), SETTINGS, stage=2)
+    stage2 = build_model(tmp_path / "s1", variant(), SETTINGS, stage=2)
     assert stage2.image_encoder_frozen
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), stage2.state_dict().values(), strict=True)
@@ -179,7 +177,7 @@ def test_target_ranks_match_a_full_sort():
 
 
 def test_evaluation_reports_recall_chance_and_rankings(world):
-    model = build_model(world["backbone"], Variant(), SETTINGS, stage=1).eval()
+    model = build_model(world["backbone"], variant(), SETTINGS, stage=1).eval()
     data = triplets()
     galleries = {s: [k for k in world["paths"] if k.endswith(s)] for s in SHAPES}
     data.target.append("nowhere")  # a target outside its gallery is counted, not scored
@@ -199,7 +197,7 @@ def test_evaluation_reports_recall_chance_and_rankings(world):
 
 
 def test_search_command_prints_top_k_and_draws_a_sheet(world, tmp_path, capsys):
-    model = build_model(world["backbone"], Variant(), SETTINGS, stage=1)
+    model = build_model(world["backbone"], variant(), SETTINGS, stage=1)
     save_run(model, world["tokenizer"], tmp_path / "model", tmp_path / "nock", {"stage": "stage1"})
     keys = list(world["paths"])
     vectors = encode_gallery(model, world["store"], keys, torch.device("cpu"))
@@ -256,7 +254,7 @@ def test_a_checkpoint_folder_held_by_a_live_run_is_refused_and_a_dead_holders_is
     # Held by this run, then removed under it (as a racing run's save_run did): nothing is saved
     # without its metrics.
     (folder / "metrics.jsonl").write_text("{}\n")
-    model = build_model(world["backbone"], Variant(), SETTINGS, stage=1)
+    model = build_model(world["backbone"], variant(), SETTINGS, stage=1)
     shutil.rmtree(folder)
     with pytest.raises(CheckpointBusy, match="metrics.jsonl is missing"):
         save_run(model, world["tokenizer"], tmp_path / "model", folder, {"stage": "stage1"})

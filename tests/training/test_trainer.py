@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from fashionblip2.model import FashionBLIP2, FashionBLIP2Config
 from fashionblip2.training.trainer import TrainConfig, TrainingError, batch_order, make_scheduler, train
+from tests.conftest import train_config
 
 
 class TwoTowers(torch.nn.Module):
@@ -34,7 +35,7 @@ def run(out, steps=12, stop_after=None, seed=3, **kw):
     torch.manual_seed(0)
     model = TwoTowers()
     x, y = data()
-    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_every=5, seed=seed, **kw)
+    cfg = train_config(steps=steps, batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_every=5, seed=seed, **kw)
     result = train(
         model, len(x), lambda idx, step: (x[idx], y[idx]), toy_loss, cfg, out, progress=False, stop_after=stop_after
     )
@@ -70,7 +71,7 @@ def test_a_non_finite_loss_stops_with_a_clear_message(tmp_path):
         return {**parts, "loss": parts["loss"] * float("nan")} if len(calls) == 4 else parts
 
     x, y = data()
-    cfg = TrainConfig(steps=10, batch_size=8, checkpoint_every=2)
+    cfg = train_config(steps=10, batch_size=8, checkpoint_every=2)
     with pytest.raises(TrainingError, match=r"non-finite loss at step 3 \(epoch 0\)"):
         train(TwoTowers(), len(x), lambda idx, step: (x[idx], y[idx]), exploding, cfg, tmp_path, progress=False)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
@@ -91,7 +92,7 @@ def test_batch_order_depends_only_on_seed_and_epoch():
 
 def test_warmup_then_cosine():
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = make_scheduler(opt, TrainConfig(steps=10, warmup_steps=2, lr=1.0))
+    sched = make_scheduler(opt, train_config(steps=10, warmup_steps=2, lr=1.0))
     lrs = []
     for _ in range(10):
         lrs.append(sched.get_last_lr()[0])
@@ -115,7 +116,7 @@ def test_trains_fashionblip2_stage_one(tmp_path):
 
     vision_before = model.backbone.vision_model.embeddings.patch_embedding.weight.detach().clone()
     result = train(
-        model, 8, lambda idx, step: idx, loss_fn, TrainConfig(steps=3, batch_size=4, lr=1e-3), tmp_path, progress=False
+        model, 8, lambda idx, step: idx, loss_fn, train_config(steps=3, batch_size=4, lr=1e-3), tmp_path, progress=False
     )
     assert result["done"] and torch.equal(model.backbone.vision_model.embeddings.patch_embedding.weight, vision_before)
     assert {"loss", "cir", "ctr", "lr", "grad_norm"} <= set(
@@ -127,14 +128,14 @@ def test_onecycle_starts_at_lr_over_div_factor_as_sprc_sets_it():
     for div in (25.0, 100.0):
         opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         make_scheduler(
-            opt, TrainConfig(steps=100, warmup_steps=5, lr=2e-5, schedule="onecycle", onecycle_div_factor=div)
+            opt, train_config(steps=100, warmup_steps=5, lr=2e-5, schedule="onecycle", onecycle_div_factor=div)
         )
         assert opt.param_groups[0]["lr"] == pytest.approx(2e-5 / div)
 
 
 def test_a_checkpoint_from_before_the_optimiser_fields_resumes_with_their_defaults():
-    cfg = TrainConfig(steps=10)
+    cfg = train_config(steps=10)
     old = {k: v for k, v in cfg.resume_key().items() if k not in TrainConfig.ADDED_FIELDS} | {"device": "cpu"}
     assert cfg.resumes(old)
-    assert not TrainConfig(steps=10, eps=1e-7).resumes(old)  # it was trained with eps 1e-8
-    assert not TrainConfig(steps=11).resumes(old)
+    assert not train_config(steps=10, eps=1e-7).resumes(old)  # it was trained with eps 1e-8
+    assert not train_config(steps=11).resumes(old)
