@@ -59,13 +59,13 @@ OUTPUT_ROOTS = ("data", "models", "results")
 PROBE = HERE / "device_probe"
 # Each GPU rule's logs (rules/*.smk).
 GPU_RULE_LOGS = {
-    "embed": "logs/pairing/embed_*.log",
-    "caption": "logs/annotation/caption_[0-9]*.log",
-    "pretrain": "logs/training/pretrain.log",
-    "train_stage1": "logs/training/stage1_*.log",
-    "train_stage2": "logs/training/stage2_*.log",
-    "evaluate": "logs/evaluation/stage*.log",
-    "search_index": "logs/evaluation/search_index_*.log",
+    "embed": "logs/embed/*.log",
+    "caption": "logs/caption/[0-9]*.log",
+    "pretrain": "logs/pretrain/pretrain.log",
+    "train_stage1": "logs/train_stage1/*.log",
+    "train_stage2": "logs/train_stage2/*.log",
+    "evaluate": "logs/evaluate/*.log",
+    "search_index": "logs/search_index/*.log",
 }
 DEVICE_KEYS = [("embedding", "device"), ("training", "device"), ("evaluation", "device")]
 

@@ -39,8 +39,8 @@ rule caption:
     output:
         CAPTION_SHARD,
     log:
-        run="logs/annotation/caption_{shard}.log",
-        failures="logs/annotation/caption_{shard}_failures.tsv",
+        run=log_file("caption", "{shard}"),
+        failures=log_file("caption", "{shard}", "_failures.tsv"),
     conda:
         "../envs/vlm.yaml"
     threads: rule_threads("caption")
@@ -68,7 +68,7 @@ rule gather_captions:
         captions=CAPTIONS,
         report=CAPTIONS_REPORT,
     log:
-        "logs/annotation/captions.log",
+        log_file("gather_captions"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -88,8 +88,8 @@ rule modification:
     output:
         MODIFICATION_SHARD,
     log:
-        run="logs/annotation/modification_{shard}.log",
-        failures="logs/annotation/modification_{shard}_failures.tsv",
+        run=log_file("modification", "{shard}"),
+        failures=log_file("modification", "{shard}", "_failures.tsv"),
     conda:
         "../envs/llm.yaml"
     threads: rule_threads("modification")
@@ -118,7 +118,7 @@ rule pilot_pairs:
     output:
         PILOT_PAIRS,
     log:
-        "logs/annotation/pilot_pairs.log",
+        log_file("pilot_pairs"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -151,8 +151,8 @@ rule pilot_caption:
     output:
         PILOT_CAPTIONS,
     log:
-        run="logs/annotation/pilot_caption.log",
-        failures="logs/annotation/pilot_caption_failures.tsv",
+        run=log_file("pilot_caption"),
+        failures=log_file("pilot_caption", None, "_failures.tsv"),
     conda:
         "../envs/vlm.yaml"
     threads: rule_threads("pilot_caption")
@@ -179,8 +179,8 @@ rule pilot_modification:
     output:
         PILOT_MODIFICATIONS,
     log:
-        run="logs/annotation/pilot_modification.log",
-        failures="logs/annotation/pilot_modification_failures.tsv",
+        run=log_file("pilot_modification"),
+        failures=log_file("pilot_modification", None, "_failures.tsv"),
     conda:
         "../envs/llm.yaml"
     threads: rule_threads("pilot_modification")
@@ -212,7 +212,7 @@ rule pilot:
         md=report(PILOT_FILES["md"], caption="../report/table.rst", category="Tables"),
         csv=PILOT_FILES["csv"],
     log:
-        "logs/annotation/pilot.log",
+        log_file("pilot"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -240,7 +240,7 @@ rule gather_modifications:
         modifications=MODIFICATIONS,
         report=MODIFICATIONS_REPORT,
     log:
-        "logs/annotation/modifications.log",
+        log_file("gather_modifications"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -260,7 +260,7 @@ rule facap:
     output:
         directory(FACAP),
     log:
-        "logs/annotation/facap.log",
+        log_file("facap"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -283,7 +283,7 @@ rule enhfashioniq:
     output:
         directory(ENHFASHIONIQ),
     log:
-        "logs/annotation/enhfashioniq.log",
+        log_file("enhfashioniq"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -306,7 +306,7 @@ rule table1:
         md=report(TABLE1_FILES["md"], caption="../report/table1.rst", category="Tables"),
         csv=TABLE1_FILES["csv"],
     log:
-        "logs/tables/table1.log",
+        log_file("table1"),
     conda:
         "../envs/data.yaml"
     resources:

@@ -68,6 +68,13 @@ PILOT_CAPTION_BATCHES = "data/pilot/captions.batches.json"
 PILOT_MODIFICATION_BATCHES = "data/pilot/modifications.batches.json"
 
 
+def log_file(rule, name=None, suffix=".log"):
+    """Every log path of the workflow, from this one place: logs/<rule>/<name><suffix>, where name is
+    the job's wildcards ("{shard}", "{stage}_{variant}") or the rule's own name for a rule that runs
+    once. A job's other log files (annotation failures) take a suffix."""
+    return f"logs/{rule}/{name or rule}{suffix}"
+
+
 def table_files(stem, *, tex=False, sections=()):
     """Every file of one table, declared here once: <stem>.md (its report item), .csv, .tex if it has
     one, and <stem>_<section>.csv per extra section. The rules pass each to the script by name."""

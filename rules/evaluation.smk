@@ -15,7 +15,7 @@ rule evaluate:
         enhfashioniq=dataset_file(EVALUATION, "enhfashioniq"),
         enhfashioniq_rankings=dataset_file(RANKINGS, "enhfashioniq"),
     log:
-        "logs/evaluation/{stage}_{variant}.log",
+        log_file("evaluate", "{stage}_{variant}"),
     conda:
         "../envs/train.yaml"
     threads: rule_threads("evaluate")
@@ -41,7 +41,7 @@ rule search_index:
     output:
         directory(SEARCH_INDEX),
     log:
-        "logs/evaluation/search_index_{stage}_{variant}.log",
+        log_file("search_index", "{stage}_{variant}"),
     conda:
         "../envs/train.yaml"
     threads: rule_threads("search_index")

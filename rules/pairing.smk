@@ -9,7 +9,7 @@ rule embed:
     output:
         EMBEDDING_SHARD,
     log:
-        "logs/pairing/embed_{shard}.log",
+        log_file("embed", "{shard}"),
     conda:
         "../envs/clip.yaml"
     threads: rule_threads("embed")
@@ -38,7 +38,7 @@ rule gather_embeddings:
         embeddings=EMBEDDINGS,
         report=EMBEDDINGS_REPORT,
     log:
-        "logs/pairing/embeddings.log",
+        log_file("gather_embeddings"),
     conda:
         "../envs/data.yaml"
     threads: 1
@@ -62,7 +62,7 @@ rule pair:
         pairs=PAIRS,
         report=PAIRS_REPORT,
     log:
-        "logs/pairing/pair.log",
+        log_file("pair"),
     conda:
         "../envs/clip.yaml"
     threads: rule_threads("pair")

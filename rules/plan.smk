@@ -15,7 +15,7 @@ rule plan:
         md=PLAN,
         json=PLAN_JSON,
     log:
-        "logs/plan/plan.log",
+        log_file("plan"),
     conda:
         "../envs/data.yaml"
     resources:

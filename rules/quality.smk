@@ -10,7 +10,7 @@ rule quality_sample:
     output:
         directory(QUALITY_SAMPLE),
     log:
-        "logs/quality/sample.log",
+        log_file("quality_sample"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -35,7 +35,7 @@ rule quality_kit:
     output:
         directory(QUALITY_KIT),
     log:
-        "logs/quality/kit.log",
+        log_file("quality_kit"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -59,7 +59,7 @@ rule auto_annotate:
     output:
         directory(QUALITY_AUTOMATIC),
     log:
-        "logs/quality/auto_annotate.log",
+        log_file("auto_annotate"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -83,7 +83,7 @@ rule table2:
         csv=TABLE2_FILES["csv"],
         agreement=TABLE2_FILES["agreement"],
     log:
-        "logs/tables/table2.log",
+        log_file("table2"),
     conda:
         "../envs/data.yaml"
     resources:

@@ -19,7 +19,7 @@ rule table:
         tex=EXPERIMENT_TABLE_FILES["tex"],
         differences=EXPERIMENT_TABLE_FILES["differences"],
     log:
-        "logs/results/table{number}.log",
+        log_file("table", "{number}"),
     wildcard_constraints:
         number="[345]",
     conda:
@@ -46,7 +46,7 @@ rule figure5:
         csv=FIGURE5_FILES["csv"],
         differences=FIGURE5_FILES["differences"],
     log:
-        "logs/results/figure5.log",
+        log_file("figure5"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -68,7 +68,7 @@ rule figure6:
     output:
         report(FIGURE6, caption="../report/figure6.rst", category="Figures"),
     log:
-        "logs/results/figure6.log",
+        log_file("figure6"),
     conda:
         "../envs/data.yaml"
     resources:

@@ -13,7 +13,7 @@ rule download:
     output:
         directory(DOWNLOADED_SOURCE),
     log:
-        "logs/sources/download_{source}.log",
+        log_file("download", "{source}"),
     conda:
         "../envs/data.yaml"
     resources:
@@ -35,7 +35,7 @@ rule synthetic_world:
         world=directory(SYNTHETIC_WORLD),
         truth=GROUND_TRUTH,
     log:
-        "logs/sources/synthetic_world.log",
+        log_file("synthetic_world"),
     conda:
         "../envs/data.yaml"
     threads: rule_threads("synthetic_world")
@@ -57,7 +57,7 @@ rule manifest:
         report=MANIFEST_REPORT,
         issues=MANIFEST_ISSUES,
     log:
-        "logs/sources/manifest.log",
+        log_file("manifest"),
     conda:
         "../envs/data.yaml"
     threads: rule_threads("manifest")

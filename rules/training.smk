@@ -15,7 +15,7 @@ rule tokenizer:
     output:
         directory(TRAINED_TOKENIZER),
     log:
-        "logs/training/tokenizer.log",
+        log_file("tokenizer"),
     conda:
         "../envs/train.yaml"
     threads: rule_threads("tokenizer")
@@ -37,7 +37,7 @@ rule pretrain:
     output:
         directory(TRAINED_BACKBONE),
     log:
-        "logs/training/pretrain.log",
+        log_file("pretrain"),
     conda:
         "../envs/train.yaml"
     threads: rule_threads("pretrain")
@@ -67,7 +67,7 @@ rule train_stage1:
     output:
         directory(stage_model("stage1")),
     log:
-        "logs/training/stage1_{variant}.log",
+        log_file("train_stage1", "{variant}"),
     conda:
         "../envs/train.yaml"
     threads: rule_threads("train_stage1")
@@ -98,7 +98,7 @@ rule train_stage2:
     output:
         directory(stage_model("stage2")),
     log:
-        "logs/training/stage2_{variant}.log",
+        log_file("train_stage2", "{variant}"),
     conda:
         "../envs/train.yaml"
     threads: rule_threads("train_stage2")

@@ -36,7 +36,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
     # The test preset's world misses some FashionIQ images: they are reported, not silently dropped.
     issues = pd.read_csv(workflow_copy / "data/manifest/issues.tsv", sep="\t")
     assert report["skipped"] == len(issues) > 0 and set(issues.source) == {"fashioniq"}
-    assert (workflow_copy / "logs/sources/manifest.log").read_text().strip()
+    assert (workflow_copy / "logs/manifest/manifest.log").read_text().strip()
 
     # Pairing: every image paired within its source and category, never with a view of its own item.
     pairs = pd.read_parquet(workflow_copy / "data/pairs/pairs.parquet")
@@ -204,6 +204,9 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
     # Every file the runs left is declared by a rule (or is one the workflow keeps between runs).
     declared = declared_paths(workflow_copy, ["all", "pilot"], configs)
     assert undeclared_files(workflow_copy, declared) == []
+    # Every log lives in logs/<rule>/ (rules/common.smk's log_file).
+    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M))
+    assert {p.relative_to(workflow_copy / "logs").parts[0] for p in (workflow_copy / "logs").rglob("*.*")} <= rules
     (workflow_copy / "results/tables/table3_extra.csv").write_text("a file no rule declares\n")
     assert undeclared_files(workflow_copy, declared) == ["results/tables/table3_extra.csv"]
 
@@ -364,13 +367,13 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(workflow_copy):
     assert not (workflow_copy / "models/stage1/cir_mh/model.safetensors").exists()
     snakemake(workflow_copy, "--unlock", *args[2:])
     snakemake(workflow_copy, *args, "--rerun-incomplete")
-    log = (workflow_copy / "logs/training/stage1_cir_mh.log").read_text()
+    log = (workflow_copy / "logs/train_stage1/cir_mh.log").read_text()
     assert re.search(r"resuming from \S+checkpoint.pt at step [1-9]\d* of 400", log)
     steps = [json.loads(line)["step"] for line in (workflow_copy / "models/stage1/cir_mh/metrics.jsonl").open()]
     assert steps == list(range(1, 401))
     resumed = (workflow_copy / "models/stage1/cir_mh/model.safetensors").read_bytes()
     snakemake(workflow_copy, *args, "--forcerun", "train_stage1")
-    assert "resuming" not in (workflow_copy / "logs/training/stage1_cir_mh.log").read_text()
+    assert "resuming" not in (workflow_copy / "logs/train_stage1/cir_mh.log").read_text()
     assert (workflow_copy / "models/stage1/cir_mh/model.safetensors").read_bytes() == resumed
 
 

@@ -372,8 +372,8 @@ def test_failed_answers_fail_the_run_and_one_command_asks_again_only_for_them(wo
     # An outage (nothing listens on the port): the job fails naming the counts and the list of failures.
     outage = run("http://127.0.0.1:9/v1", 0.02, check=False)
     assert outage.returncode != 0
-    log = (workflow_copy / "logs/annotation/modification_0.log").read_text()
-    assert "answers failed" in log and "APIConnectionError" in log and "modification_0_failures.tsv" in log
+    log = (workflow_copy / "logs/modification/0.log").read_text()
+    assert "answers failed" in log and "APIConnectionError" in log and "logs/modification/0_failures.tsv" in log
     assert not list((workflow_copy / "data/annotation").glob("modifications*/*.parquet"))
     assert not (workflow_copy / "data/annotation/modifications.parquet").exists()
 
@@ -385,7 +385,7 @@ def test_failed_answers_fail_the_run_and_one_command_asks_again_only_for_them(wo
     assert 0 < failed < report["items"] and list(report["failures_by_reason"]) == [
         "InternalServerError: Error code: 500 - server error"
     ]
-    assert len(pd.read_csv(workflow_copy / "logs/annotation/modification_0_failures.tsv", sep="\t")) > 0
+    assert len(pd.read_csv(workflow_copy / "logs/modification/0_failures.tsv", sep="\t")) > 0
     texts = pd.read_parquet(workflow_copy / "data/annotation/modifications.parquet")
     questions = texts.loc[texts["status"] != "ok", "key"].nunique()  # two pairs may ask the same question
     # One request per distinct question (the tiny world has pairs asking the same one), and one more

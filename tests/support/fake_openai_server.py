@@ -304,23 +304,29 @@ class Handler(BaseHTTPRequestHandler):
         with s.lock:
             out_id = f"file-{len(s.files) + 1}"
             s.files[out_id] = ("\n".join(out_lines) + "\n").encode()
+        batch = self._new_batch(body, "expired" if expire else "completed", out_id, len(lines), len(out_lines), None)
+        s.record(endpoint="batches", batch=batch["id"], requests=len(lines), auth_ok=self._auth_ok())
+        self._answer_create(fault, batch)
+
+    def _new_batch(self, body: dict, status: str, output: str | None, total: int, done: int, errors) -> dict:
+        s = self.state
+        with s.lock:
             batch_id = f"batch-{len(s.batches) + 1}"
-        s.batches[batch_id] = {
-            "id": batch_id,
-            "object": "batch",
-            "endpoint": body["endpoint"],
-            "input_file_id": body["input_file_id"],
-            "completion_window": body["completion_window"],
-            "status": "expired" if expire else "completed",
-            "output_file_id": out_id,
-            "error_file_id": None,
-            "created_at": int(time.time()),
-            "request_counts": {"total": len(lines), "completed": len(out_lines), "failed": 0},
-            "metadata": body.get("metadata"),
-            "errors": None,
-        }
-        s.record(endpoint="batches", batch=batch_id, requests=len(lines), auth_ok=self._auth_ok())
-        self._answer_create(fault, s.batches[batch_id])
+            s.batches[batch_id] = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": body["endpoint"],
+                "input_file_id": body["input_file_id"],
+                "completion_window": body["completion_window"],
+                "status": status,
+                "output_file_id": output,
+                "error_file_id": None,
+                "created_at": int(time.time()),
+                "request_counts": {"total": total, "completed": done, "failed": 0},
+                "metadata": body.get("metadata"),
+                "errors": errors,
+            }
+        return s.batches[batch_id]
 
     def _answer_create(self, fault: str, batch: dict) -> None:
         if fault == "slow":  # made, but the answer comes after the client gave up
@@ -333,34 +339,15 @@ class Handler(BaseHTTPRequestHandler):
             return None
 
     def _failed_batch(self, body: dict) -> None:
-        s = self.state
-        batch_id = f"batch-{len(s.batches) + 1}"
-        s.batches[batch_id] = {
-            "id": batch_id,
-            "object": "batch",
-            "endpoint": body["endpoint"],
-            "input_file_id": body["input_file_id"],
-            "completion_window": body["completion_window"],
-            "status": "failed",
-            "output_file_id": None,
-            "error_file_id": None,
-            "created_at": int(time.time()),
-            "request_counts": {"total": 0, "completed": 0, "failed": 0},
-            "metadata": body.get("metadata"),
-            "errors": {
-                "object": "list",
-                "data": [
-                    {
-                        "code": "token_limit_exceeded",
-                        "message": "Enqueued token limit reached for gpt-4o-mini.",
-                        "param": None,
-                        "line": None,
-                    }
-                ],
-            },
+        error = {
+            "code": "token_limit_exceeded",
+            "message": "Enqueued token limit reached for gpt-4o-mini.",
+            "param": None,
+            "line": None,
         }
-        s.record(endpoint="batches", batch=batch_id, requests=0, auth_ok=self._auth_ok())
-        self._json(200, {**s.batches[batch_id], "status": "validating"})
+        batch = self._new_batch(body, "failed", None, 0, 0, {"object": "list", "data": [error]})
+        self.state.record(endpoint="batches", batch=batch["id"], requests=0, auth_ok=self._auth_ok())
+        self._json(200, {**batch, "status": "validating"})
 
 
 class FakeServer:
