@@ -35,7 +35,7 @@ COMPARED = [
     "results/tables/table1.csv",
 ]
 # Jobs that SLURM runs; the gather steps and Table 1 are local rules (seconds of work each), and so
-# is `modify` here, whose backend is an API (a loopback server): API jobs run where the internet is.
+# is `modification` here, whose backend is an API (a loopback server): API jobs run where the internet is.
 SUBMITTED = ["synthetic_world", "manifest", "embed", "gather_embeddings", "pair", "caption", "facap"]
 
 
@@ -215,6 +215,18 @@ def test_a_cluster_that_cannot_run_a_job_says_so_before_anything_is_submitted(cp
     impossible = run_profile(cpu_only_cluster, workflow_copy, target, "cluster.yaml", "cpu.yaml", "cuda.yaml")
     output = impossible.stdout + impossible.stderr
     assert impossible.returncode != 0 and "training.device is 'cuda', but cluster.use_gpus is false" in output
+    assert submitted_jobs(cpu_only_cluster) == []
+
+    # A drained node runs no new job: a request only it could meet is refused, not left pending.
+    drain = ["scontrol", "update", f"NodeName={cpu_only_cluster.host}"]
+    env = python_first_env(cpu_only_cluster.env, cpu_only_cluster.bin)
+    subprocess.run([*drain, "State=DRAIN", "Reason=test"], env=env, check=True)
+    try:
+        drained = run_profile(cpu_only_cluster, workflow_copy, target, "cluster.yaml", "cpu.yaml")
+    finally:
+        subprocess.run([*drain, "State=RESUME"], env=env, check=True)
+    output = drained.stdout + drained.stderr
+    assert drained.returncode != 0 and "partition 'cpu' has no usable nodes" in output, output[-4000:]
     assert submitted_jobs(cpu_only_cluster) == []
 
     # A runtime computed from inputs (embed counts its shard's images) is over the short partition's
