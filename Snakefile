@@ -45,6 +45,7 @@ wildcard_constraints:
 include: "rules/sources.smk"
 include: "rules/pairing.smk"
 include: "rules/annotation.smk"
+include: "rules/leakage.smk"
 include: "rules/quality.smk"
 include: "rules/training.smk"
 include: "rules/evaluation.smk"

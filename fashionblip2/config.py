@@ -141,6 +141,16 @@ def enabled_sources(sources: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     return {name: spec for name, spec in sources.items() if spec["enabled"]}
 
 
+def heldout_splits(config: dict[str, Any]) -> list[str]:
+    """The FashionIQ evaluation splits (val, test) that pairing does not embed: the leakage check
+    embeds them once, with the same model (their only pass; pairing's vectors are reused)."""
+    fiq = config["sources"]["fashioniq"]
+    if not fiq["enabled"]:
+        return []
+    paired = config["pairing"]["fashioniq_splits"] if "fashioniq" in config["pairing"]["sources"] else []
+    return [s for s in ("val", "test") if s in fiq["splits"] and s not in paired]
+
+
 def source_root(name: str, root: str, synthetic_world: str | os.PathLike[str], downloads: str) -> str:
     """Where a source's files are: the generated world, the download folder (``downloads`` has a
     ``{source}`` field), or the user's own folder."""

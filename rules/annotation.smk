@@ -257,6 +257,7 @@ rule facap:
         pairs=PAIRS,
         captions=CAPTIONS,
         modifications=MODIFICATIONS,
+        leakage=LEAKAGE,
     output:
         directory(FACAP),
     log:
@@ -268,10 +269,12 @@ rule facap:
     params:
         sources=json.dumps(config["facap"]["sources"]),
         annotation=as_json(annotation_answers()),
+        leakage_action=config["leakage"]["action"],
         provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/assemble_datasets.py facap --pairs {input.pairs} --captions {input.captions}"
         " --modifications {input.modifications} --sources {params.sources:q} --annotation {params.annotation:q}"
+        " --leakage {input.leakage} --leakage-action {params.leakage_action}"
         " {params.provenance} --out {output} 2> {log}"
 
 

@@ -84,6 +84,12 @@ def table_files(stem, *, tex=False, sections=()):
     return files | {name: f"{stem}_{name}.csv" for name in sections}
 
 
+# The leakage check (rules/leakage.smk): the evaluation images pairing does not embed, the check's
+# summary (an input of the facap rule), every matched pair, and the report.
+HELDOUT_EMBEDDINGS = "data/embeddings/heldout.npz"
+LEAKAGE = "data/leakage/leakage.json"
+LEAKAGE_MATCHES = "results/leakage/matches.csv"
+LEAKAGE_REPORT = "results/leakage/report.md"
 PILOT_FILES = table_files("results/tables/pilot")
 PILOT_TABLE = PILOT_FILES["md"]
 FACAP = "data/facap"
@@ -157,6 +163,15 @@ def embedding_shards():
 
 def annotation_shards(pattern):
     return expand(pattern, shard=range(config["annotation"]["shards"]))
+
+
+def heldout_splits():
+    return cfg.heldout_splits(config)
+
+
+def leakage_embeddings():
+    """Pairing's vectors, and the held-out images' when pairing does not embed them all."""
+    return [EMBEDDINGS, HELDOUT_EMBEDDINGS] if heldout_splits() else [EMBEDDINGS]
 
 
 def fashioniq_root():
@@ -406,6 +421,7 @@ def all_targets():
         MODIFICATIONS_REPORT,
         FACAP,
         ENHFASHIONIQ,
+        LEAKAGE_REPORT,
         TABLE1,
         *quality_targets(),
         *experiment_targets(),

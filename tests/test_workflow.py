@@ -19,7 +19,7 @@ from fashionblip2.config import runtime_minutes
 from tests.conftest import REPO, python_first_env, snakemake
 
 # Rules allowed to read the synthetic world's ground truth (evaluation only).
-GROUND_TRUTH_READERS: set[str] = {"auto_annotate"}
+GROUND_TRUTH_READERS: set[str] = {"auto_annotate", "leakage_report"}
 
 
 @pytest.mark.e2e
@@ -67,6 +67,26 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
         assert (enh / f"image_splits/split.{cat}.val.json").exists()
     table1 = (workflow_copy / "results/tables/table1.md").read_text()
     assert "reported by the paper" in table1 and "this run (synthetic data)" in table1 and "Tokenisation" in table1
+
+    # The leakage check: the planted copies found, the leaked images gone from FACap (leakage.action:
+    # drop), and the data card states the paper's claim as checked, with its numbers. The tiny world's
+    # recoloured copy is the one missed: it lies at dHash distance 6 > hash_max_distance 3 (a flat
+    # 48 px render; README, "Leakage, checked", has each transform's recall); the default world's
+    # 12 copies are all found.
+    leakage = (workflow_copy / "results/leakage/report.md").read_text()
+    planted = yaml.safe_load((workflow_copy / "config/presets/test.yaml").read_text())["synthetic"]["planted_leaks"]
+    assert planted == 4 and f"Found **{planted - 1} of {planted}** planted copies" in leakage
+    assert re.search(r"\| recolour +\| False ", leakage) and "False positives" in leakage
+    matches = pd.read_csv(workflow_copy / "results/leakage/matches.csv")
+    assert {"path_a", "path_b", "hash_distance", "cosine", "levels"} <= set(matches.columns)
+    summary = json.loads((workflow_copy / "data/leakage/leakage.json").read_text())
+    checked = card["leakage"]
+    assert checked["action"] == "drop" and checked["leaked_images"] == summary["leaked_images"] >= planted
+    assert "distinct from those used in the downstream datasets" in checked["claim"]["paper"]
+    claim = checked["claim"]
+    assert claim["holds_for_this_release"] and f"{summary['leaked_images']} FACap images match" in claim["checked"]
+    released = {x for r in rows for x in (r["candidate"], r["target"])}
+    assert checked["triplets_removed"] > 0 and not released & {i.split(":", 1)[1] for i in summary["leaked"]}
 
     # Quality evaluation: the sample, a kit per annotator, and Table 2 from the automatic annotators.
     items = pd.read_csv(workflow_copy / "results/quality/sample/items.csv")
@@ -151,6 +171,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
         "figure5.png",
         "figure6.png",
         "Figure 5: recall",
+        "exact, near-duplicate and semantic",
     ):
         assert item in html, item
 
@@ -253,7 +274,7 @@ def planned_jobs(workdir, overlay: dict, files: dict | None = None) -> dict[str,
 
 DOWNSTREAM_OF_FACAP = {"tokenizer", "pretrain", "train_stage1", "train_stage2", "evaluate", "figure5", "figure6",
                        "search_index", "table", "table1", "facap", "enhfashioniq", "quality_sample", "quality_kit",
-                       "auto_annotate", "table2"}  # fmt: skip
+                       "auto_annotate", "table2", "leakage_report"}  # fmt: skip
 
 
 def check_minimal_reruns(workdir) -> None:
@@ -287,6 +308,11 @@ def check_minimal_reruns(workdir) -> None:
         "train_stage1": 3, "train_stage2": 3, "evaluate": 6, "table": 3, "figure5": 1, "figure6": 1,
         "search_index": 1,
     }  # fmt: skip
+    # A leakage threshold or action: the check and everything after FACap, nothing upstream (no embedding,
+    # no annotation) and not enhFashionIQ.
+    for overlay in ({"leakage": {"hash_max_distance": 2}}, {"leakage": {"action": "report"}}):
+        jobs = planned_jobs(workdir, overlay)
+        assert set(jobs) == {"leakage"} | DOWNSTREAM_OF_FACAP - {"enhfashioniq"}, (overlay, jobs)
     # The intervals' draws: the tables and Figure 5, no model.
     assert planned_jobs(workdir, {"evaluation": {"bootstrap": {"samples": 500, "seed": 0}}}) == {
         "table": 3, "figure5": 1,

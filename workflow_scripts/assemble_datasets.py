@@ -7,6 +7,7 @@ Examples:
     python workflow_scripts/assemble_datasets.py facap --pairs data/pairs/pairs.parquet \\
         --captions data/annotation/captions.parquet --modifications data/annotation/modifications.parquet \\
         --sources '["fashion200k", "deepfashion_mm", "catalogue"]' --annotation "$ANNOTATION" \\
+        --leakage data/leakage/leakage.json --leakage-action drop \\
         --data synthetic --run-name default --out data/facap
     python workflow_scripts/assemble_datasets.py enhfashioniq --pairs data/pairs/pairs.parquet \\
         --modifications data/annotation/modifications.parquet --fashioniq-root data/synthetic/world/fashioniq \\
@@ -38,6 +39,8 @@ def main() -> None:
         "--sources",
         help="facap: JSON list of the sources it is built from (facap.sources)",
     )
+    parser.add_argument("--leakage", help="facap: the leakage rule's summary (JSON)")
+    parser.add_argument("--leakage-action", choices=["report", "drop", "fail"], help="facap: leakage.action")
     parser.add_argument("--fashioniq-root", help="enhfashioniq: the FashionIQ folder (its image_splits are copied)")
     parser.add_argument("--annotation", required=True, help="the config's annotation section (JSON), for the data card")
     add_provenance_arguments(parser)
@@ -53,10 +56,17 @@ def main() -> None:
     }
     pairs, modifications = pd.read_parquet(args.pairs), pd.read_parquet(args.modifications)
     if args.dataset == "facap":
-        if not args.sources:
-            parser.error("facap needs --sources")
+        if not (args.sources and args.leakage and args.leakage_action):
+            parser.error("facap needs --sources, --leakage and --leakage-action")
         card = assemble_facap(
-            pairs, pd.read_parquet(args.captions), modifications, json.loads(args.sources), args.out, card
+            pairs,
+            pd.read_parquet(args.captions),
+            modifications,
+            json.loads(args.sources),
+            args.out,
+            card,
+            json.loads(Path(args.leakage).read_text()),
+            args.leakage_action,
         )
     else:
         card = assemble_enhfashioniq(pairs, modifications, args.fashioniq_root, args.out, card)

@@ -11,7 +11,7 @@ Example:
         --pairs data/pairs/pairs.parquet --embeddings data/embeddings/images.npz data/embeddings/heldout.npz \\
         --facap-sources '["fashion200k", "deepfashion_mm", "catalogue"]' \\
         --settings '{"levels": ["exact", "near_duplicate"], "hash_max_distance": 3, "cosine_min": 0.95,
-                     "crop_fractions": [0.04, 0.07]}' \\
+                     "crop_fractions": [0.04, 0.06, 0.08]}' \\
         --action drop --data synthetic --run-name default \\
         --matches results/leakage/matches.csv --summary data/leakage/leakage.json
 """

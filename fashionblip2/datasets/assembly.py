@@ -2,7 +2,9 @@
 
 - FACap in its released layout: ``cir_triplets/<cat>_train_triplets.json`` (FashionIQ-style rows:
   candidate, target, captions=[modification text]) and ``image_captions/<cat>_train_captions.json``
-  (image -> long caption), with a data card.
+  (image -> long caption), with a data card. The leakage check's action applies here: with
+  ``drop``, triplets touching an image that matches a FashionIQ val/test image, or whose target is
+  its reference, leave FACap, and the card counts them and states the paper's claim as checked.
 - enhFashionIQ (paper §5.1): one triplet per FashionIQ validation image, in FashionIQ's own
   ``captions/cap.<cat>.val.json`` format with its ``image_splits``, so the evaluation reads it unchanged.
 """
@@ -17,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from fashionblip2.common.io import atomic_directory, dumps_json
+from fashionblip2.datasets.leakage import drop_leaked
 
 
 def _native(image_id: str) -> str:
@@ -47,8 +50,12 @@ def assemble_facap(
     sources: list[str],
     out_dir: str | os.PathLike[str],
     card: dict[str, Any],
+    leakage: dict[str, Any],
+    leakage_action: str,
 ) -> dict[str, Any]:
-    triplets = join_annotations(pairs[pairs["source"].isin(sources)], modifications)
+    """``leakage``: the leakage rule's summary; ``leakage_action``: report or drop."""
+    annotated = join_annotations(pairs[pairs["source"].isin(sources)], modifications)
+    triplets, leakage_card = drop_leaked(annotated, leakage, leakage_action)
     ok_captions = captions[captions["status"] == "ok"].set_index("image_id")["text"]
     files: dict[str, Any] = {}
     counts = {}
@@ -62,12 +69,13 @@ def assemble_facap(
             _native(i): ok_captions[i] for i in images if i in ok_captions.index
         }
         counts[str(category)] = {"triplets": int(len(g)), "images": len(images)}
-    dropped = int(pairs["source"].isin(sources).sum() - len(triplets))
+    dropped = int(pairs["source"].isin(sources).sum() - len(annotated))
     card = {
         **card,
         "categories": counts,
         "triplets": int(len(triplets)),
         "pairs_without_an_accepted_modification_text": dropped,
+        "leakage": leakage_card,
     }
     files["data_card.json"] = dumps_json(card)
     _write_tree(out_dir, files)

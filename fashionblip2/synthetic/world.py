@@ -13,8 +13,13 @@ Layout written under ``out_dir`` (the real datasets' own layouts):
     fashioniq/image_splits/split.<cat>.<split>.json                [asin, ...]
     world.json                                                     seed, sizes, counts
 
-The ground truth (true attributes of every image) goes to a separate sidecar table that only
-evaluation code reads. The same spec gives byte-identical files.
+Planted leaks: ``planted_leaks`` FashionIQ val images are copied into Fashion200k as items of their
+own (a web shop selling the same product photo), each resized, cropped, re-encoded or slightly
+recoloured (in turn), so that the leakage check has known copies to find.
+
+The ground truth (true attributes of every image; for a planted copy, the FashionIQ image it was
+copied from and how it was changed) goes to a separate sidecar table that only evaluation code
+reads. The same spec gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from fashionblip2.synthetic.texts import (
     relative_caption,
 )
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: planted leaks
 WORLD_MARKER = "world.json"
 
 # Fashion200k: label-file stem -> (image folder, garments that appear in it).
@@ -96,6 +101,8 @@ class WorldSpec:
     deepfashion_mm: DeepFashionSpec
     fashioniq: FashionIQSpec
     noise: Noise
+    # FashionIQ val images copied into Fashion200k (transformed), for the leakage check to find.
+    planted_leaks: int
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorldSpec:
@@ -112,6 +119,7 @@ class WorldSpec:
             deepfashion_mm=DeepFashionSpec(**d["deepfashion_mm"]),
             fashioniq=FashionIQSpec(**d["fashioniq"]),
             noise=Noise(**d["noise"]),
+            planted_leaks=int(d["planted_leaks"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +197,8 @@ class _Writer:
                 "path": relpath,
                 **g.as_dict(),
                 "view_params": json.dumps(asdict(view), sort_keys=True),
+                "planted_from": "",
+                "planted_transform": "",
             }
         )
         self.progress.update(1)
@@ -220,8 +230,11 @@ def _fashion200k_subcategory(g: Garment) -> str:
     return {"shirt": "shirts", "toptee": "tees"}.get(g.garment, "tank_tops" if g.sleeve == "sleeveless" else "blouses")
 
 
-def _write_fashion200k(w: _Writer, spec: WorldSpec) -> None:
+def _write_fashion200k(w: _Writer, spec: WorldSpec) -> dict[str, dict[str, list[str]]]:
+    """Writes the images; returns the label files' lines (stem -> split -> lines), written once the
+    planted copies have joined them."""
     s = spec.fashion200k
+    labels: dict[str, dict[str, list[str]]] = {}
     ids = _unique_ids(
         stable_rng(spec.seed, "f200k-ids"),
         s.items_per_category * len(F200K_CATEGORIES),
@@ -253,6 +266,12 @@ def _write_fashion200k(w: _Writer, spec: WorldSpec) -> None:
                     view_index=v,
                 )
                 lines[split].append(f"{rel}\t{rng.uniform(0.5, 1.0):.6f}\t{description}")
+        labels[stem] = lines
+    return labels
+
+
+def _write_labels(w: _Writer, labels: dict[str, dict[str, list[str]]]) -> None:
+    for stem, lines in labels.items():
         for split, rows in lines.items():
             w.text(f"fashion200k/labels/{stem}_{split}_detect_all.txt", "".join(r + "\n" for r in rows))
 
@@ -315,8 +334,10 @@ def _asin(rng: np.random.Generator) -> str:
     return "B00" + "".join(alphabet[int(i)] for i in rng.integers(0, len(alphabet), size=7))
 
 
-def _write_fashioniq(w: _Writer, spec: WorldSpec) -> None:
+def _write_fashioniq(w: _Writer, spec: WorldSpec) -> list[tuple[str, str, Garment]]:
+    """Writes FashionIQ; returns the val images written, as (category, asin, garment)."""
     s = spec.fashioniq
+    val_images: list[tuple[str, str, Garment]] = []
     total = sum(s.images.get(split, 0) for split in FIQ_SPLITS) * len(FIQ_CATEGORIES)
     asins = iter(_unique_ids(stable_rng(spec.seed, "fiq-ids"), total, _asin))
     for cat, garments in FIQ_CATEGORIES.items():
@@ -341,6 +362,8 @@ def _write_fashioniq(w: _Writer, spec: WorldSpec) -> None:
                     item_id=asin,
                     view_index=0,
                 )
+                if split == "val":
+                    val_images.append((cat, asin, g))
             w.text(f"fashioniq/image_splits/split.{cat}.{split}.json", json.dumps(names, indent=4) + "\n")
             rows = []
             for _ in range(s.triplets.get(split, 0) if n_images >= 2 else 0):
@@ -360,6 +383,82 @@ def _write_fashioniq(w: _Writer, spec: WorldSpec) -> None:
                 )
                 rows.append(row)
             w.text(f"fashioniq/captions/cap.{cat}.{split}.json", json.dumps(rows, indent=4) + "\n")
+    return val_images
+
+
+# How a planted copy differs from its FashionIQ original, in turn (every copy is also re-encoded:
+# FashionIQ's images are PNG, Fashion200k's JPEG).
+LEAK_TRANSFORMS = ("resize", "crop", "reencode", "recolour")
+# FashionIQ category -> the Fashion200k label file its copy is listed in.
+LEAK_CATEGORY = {"dress": "dress", "shirt": "top", "toptee": "top"}
+
+
+def leak_copy(img: Image.Image, transform: str, rng: np.random.Generator) -> bytes:
+    """A planted copy's JPEG bytes: resized (to 60-80 %), cropped (4-8 % off each side, back to
+    size), re-encoded at a low JPEG quality, or slightly recoloured (each channel scaled by 0.9-1.1)."""
+    img = img.convert("RGB")
+    w, h = img.size
+    quality = 90
+    if transform == "resize":
+        f = rng.uniform(0.6, 0.8)
+        img = img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.Resampling.BICUBIC)
+    elif transform == "crop":
+        dx, dy = (max(1, round(v * rng.uniform(0.04, 0.08))) for v in (w, h))
+        img = img.crop((dx, dy, w - dx, h - dy)).resize((w, h), Image.Resampling.BICUBIC)
+    elif transform == "reencode":
+        quality = int(rng.integers(40, 61))
+    elif transform == "recolour":
+        scale = rng.uniform(0.9, 1.1, size=3)
+        pixels = np.asarray(img, dtype=np.float64) * scale
+        img = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+    else:
+        raise ValueError(f"unknown leak transform {transform!r}; expected one of {LEAK_TRANSFORMS}")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
+    return buf.getvalue()
+
+
+def _plant_leaks(
+    w: _Writer, spec: WorldSpec, val_images: list[tuple[str, str, Garment]], labels: dict[str, dict[str, list[str]]]
+) -> None:
+    """Copy ``spec.planted_leaks`` FashionIQ val images into Fashion200k, each an item of its own."""
+    if spec.planted_leaks > len(val_images):
+        raise ValueError(
+            f"synthetic.planted_leaks is {spec.planted_leaks} but the world has {len(val_images)} FashionIQ val images"
+        )
+    rng = stable_rng(spec.seed, "leaks")
+    chosen = sorted(rng.choice(len(val_images), size=spec.planted_leaks, replace=False).tolist())
+    # Nine digits: never one of the eight-digit ids of the world's own Fashion200k items.
+    ids = _unique_ids(
+        stable_rng(spec.seed, "leak-ids"), len(chosen), lambda r: str(int(r.integers(100_000_000, 999_999_999)))
+    )
+    for k, (pos, item) in enumerate(zip(chosen, ids, strict=True)):
+        cat, asin, g = val_images[pos]
+        transform = LEAK_TRANSFORMS[k % len(LEAK_TRANSFORMS)]
+        item_rng = stable_rng(spec.seed, "leak", item)
+        original = f"fashioniq/images/{asin}.png"
+        with Image.open(w.root / original) as im:
+            data = leak_copy(im, transform, item_rng)
+        stem = LEAK_CATEGORY[cat]
+        folder = F200K_CATEGORIES[stem][0]
+        rel = f"women/{folder}/{_fashion200k_subcategory(g)}/{item}/{item}_0.jpeg"
+        w.bytes(f"fashion200k/{rel}", data)
+        w.truth.append(
+            {
+                "source": "fashion200k",
+                "native_id": f"{item}_0",
+                "item_id": item,
+                "view": 0,
+                "path": f"fashion200k/{rel}",
+                **g.as_dict(),
+                "view_params": json.dumps(asdict(View()), sort_keys=True),
+                "planted_from": original,
+                "planted_transform": transform,
+            }
+        )
+        description = product_description(item_rng, g, spec.noise)
+        labels[stem]["train"].append(f"{rel}\t{item_rng.uniform(0.5, 1.0):.6f}\t{description}")
+        w.progress.update(1)
 
 
 def expected_image_count(spec: WorldSpec) -> int:
@@ -367,7 +466,7 @@ def expected_image_count(spec: WorldSpec) -> int:
     f = spec.fashion200k.items_per_category * len(F200K_CATEGORIES) * spec.fashion200k.max_views
     d = spec.deepfashion_mm.items * spec.deepfashion_mm.max_views
     q = sum(spec.fashioniq.images.values()) * len(FIQ_CATEGORIES)
-    return f + d + q
+    return f + d + q + spec.planted_leaks
 
 
 def generate_world(
@@ -388,9 +487,11 @@ def generate_world(
             total=expected_image_count(spec), desc="rendering synthetic world", unit="img", disable=not progress
         ) as bar:
             writer = _Writer(tmp, spec.image_size, bar)
-            _write_fashion200k(writer, spec)
+            labels = _write_fashion200k(writer, spec)
             _write_deepfashion(writer, spec)
-            _write_fashioniq(writer, spec)
+            val_images = _write_fashioniq(writer, spec)
+            _plant_leaks(writer, spec, val_images, labels)
+            _write_labels(writer, labels)
             bar.total = bar.n  # the estimate was an upper bound
             bar.refresh()
         truth = pd.DataFrame(writer.truth)
@@ -400,6 +501,7 @@ def generate_world(
             "generator_version": GENERATOR_VERSION,
             "spec": spec.to_dict(),
             "images": {k: int(v) for k, v in counts.items()},
+            "planted_leaks": spec.planted_leaks,
             "note": "synthetic data: rendered garments, not real product photos",
         }
         (tmp / WORLD_MARKER).write_text(dumps_json(meta), encoding="utf-8")

@@ -155,3 +155,32 @@ def test_a_failed_generation_leaves_no_tree(tmp_path, monkeypatch):
 def test_unknown_spec_keys_are_refused():
     with pytest.raises(ValueError, match="unknown keys"):
         WorldSpec.from_dict({"sed": 1})
+
+
+def test_planted_leaks_are_transformed_copies_of_fashioniq_val_images_recorded_in_the_truth(tiny_world_session):
+    world, truth_path = tiny_world_session
+    truth = pd.read_parquet(truth_path)
+    planted = truth[truth.planted_from != ""]
+    assert len(planted) == TINY_SPEC["planted_leaks"] > 0 and set(planted.source) == {"fashion200k"}
+    assert planted.planted_transform.tolist() == [
+        ("resize", "crop", "reencode", "recolour")[k % 4] for k in range(len(planted))
+    ]
+    splits = [world / f"fashioniq/image_splits/split.{c}.val.json" for c in ("dress", "shirt", "toptee")]
+    val = {asin for split in splits for asin in json.loads(split.read_text())}
+    labels = "".join(p.read_text() for p in (world / "fashion200k/labels").glob("*.txt"))
+    originals = truth.set_index("path")
+    for r in planted.itertuples():
+        assert Path(r.planted_from).stem in val and r.item_id not in set(truth[truth.planted_from == ""].item_id)
+        assert str(Path(r.path).relative_to("fashion200k")) in labels  # listed, so the manifest reads it
+        original = originals.loc[r.planted_from]
+        assert (original.garment, original.colour, original.pattern) == (r.garment, r.colour, r.pattern)
+        copy, source = Image.open(world / r.path), Image.open(world / r.planted_from)
+        assert copy.format == "JPEG" and copy.tobytes() != source.convert("RGB").tobytes()
+        assert (copy.size != source.size) == (r.planted_transform == "resize")
+    assert (truth[truth.planted_from == ""].planted_transform == "").all()
+
+
+def test_planting_more_leaks_than_val_images_is_refused(tmp_path):
+    spec = WorldSpec.from_dict({**TINY_SPEC, "planted_leaks": 10_000})
+    with pytest.raises(ValueError, match="planted_leaks is 10000"):
+        generate_world(spec, tmp_path / "w", tmp_path / "t.parquet", progress=False)
