@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Run every benchmark this machine can run and write one JSON file and one Markdown table.
 
-    python benchmarks/run_all.py            # quick sizes (pairing on 20,000 vectors): a few minutes on 2 cores
-    python benchmarks/run_all.py --full     # paper-scale pairing as well (about 8 more minutes)
+    python benchmarks/run_all.py            # quick sizes (pairing, leakage on 20,000 vectors): a few minutes on 2 cores
+    python benchmarks/run_all.py --full     # paper-scale pairing and leakage as well (about 12 more minutes)
 
 Each benchmark runs in its own process and writes its JSON under benchmarks/out/; a benchmark
 that fails is reported as failed, and the others still run. The training step runs the paper
@@ -31,16 +31,17 @@ SMOKE = {
     "embedding": ["--images", "64", "--serial-images", "8", "--workers", "0"],
     "eval_retrieval": ["--gallery", "200", "--queries", "20", "--baseline-queries", "1"],
     "train_step": ["--steps", "1", "--batch-size", "4", "--micro-batch", "2", "--device", "cpu"],
+    "leakage": ["--n-facap", "2000", "--n-heldout", "500", "--dim", "64", "--planted", "10"],
 }
 
 
 def benchmarks(full: bool, smoke: bool) -> list[tuple[str, list[str], str]]:
-    sizes = {"pairing": [] if full else ["--n", "20000"]}
+    sizes = {"pairing": [] if full else ["--n", "20000"], "leakage": [] if full else ["--n-facap", "20000"]}
     if smoke:
         sizes = SMOKE
     return [
         (name, [f"{name}.py", *sizes.get(name, [])], f"{name}.json")
-        for name in ("pairing", "api_concurrency", "embedding", "eval_retrieval", "train_step")
+        for name in ("pairing", "api_concurrency", "embedding", "eval_retrieval", "train_step", "leakage")
     ]
 
 
@@ -68,6 +69,11 @@ def headline(name: str, r: dict) -> tuple[str, str]:
         return (
             f"{r['config']}, batch {r['batch_size']}: {r['seconds_per_step']:.2f} s/step{mem}",
             f"MFU {100 * r['mfu']:.1f} % of the measured matmul rate",
+        )
+    if name == "leakage":
+        return (
+            f"cosine check, {r['params']['n_facap']:,} x {r['params']['n_heldout']:,}: {r['check_seconds']:.1f} s",
+            f"{r['x_floor']:.2f}x the GEMM floor; planted found {r['planted_found']}/{r['planted']}",
         )
     return "", ""
 

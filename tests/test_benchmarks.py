@@ -21,14 +21,18 @@ def test_the_benchmark_suite_runs_and_writes_its_table(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     suite = json.loads((tmp_path / "suite.json").read_text())
-    assert set(suite["benchmarks"]) == {"pairing", "api_concurrency", "embedding", "eval_retrieval", "train_step"}
+    assert set(suite["benchmarks"]) == {
+        "pairing", "api_concurrency", "embedding", "eval_retrieval", "train_step", "leakage",
+    }  # fmt: skip
     assert all(b["status"] == "ok" for b in suite["benchmarks"].values())
     table = (tmp_path / "suite.md").read_text().splitlines()
-    assert len(table) == 2 + 5 and "failed" not in "".join(table)
+    assert len(table) == 2 + 6 and "failed" not in "".join(table)
     step = suite["benchmarks"]["train_step"]["result"]
     assert step["config"] == "tiny" and step["micro_batch"] == 2 and step["seconds_per_step"] > 0
     evaluation = suite["benchmarks"]["eval_retrieval"]["result"]
     assert evaluation["same_top10_on_timed_queries"] and evaluation["speedup"] > 1
+    leakage = suite["benchmarks"]["leakage"]["result"]
+    assert leakage["planted_found"] == leakage["planted"] == 10 and leakage["x_floor"] > 0
 
 
 # --- GPU benchmarks and the GPU check, on CPU ----------------------------------------------------
