@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.95, help="cosine_min (the paper preset's value)")
     parser.add_argument("--planted", type=int, default=100, help="near-copies of held-out vectors in FACap")
     parser.add_argument("--block", type=int, default=COSINE_BLOCK)
+    parser.add_argument("--repeats", type=int, default=3, help="alternate runs of each; the best is reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/out/leakage.json")
     args = parser.parse_args()
@@ -73,10 +74,14 @@ def main() -> None:
     facap[rows] = copies / np.linalg.norm(copies, axis=1, keepdims=True)
 
     gemm_floor(facap[: args.block], heldout, args.block)  # warm-up: BLAS threads, page faults
-    floor = gemm_floor(facap, heldout, args.block)
-    start = time.perf_counter()
-    i, j, s = cosine_pairs(facap, heldout, args.threshold, args.block)
-    check = time.perf_counter() - start
+    # Alternated and the best of each kept: a machine shared with other work slows either run.
+    floors, checks = [], []
+    for _ in range(args.repeats):
+        floors.append(gemm_floor(facap, heldout, args.block))
+        start = time.perf_counter()
+        i, j, s = cosine_pairs(facap, heldout, args.threshold, args.block)
+        checks.append(time.perf_counter() - start)
+    floor, check = min(floors), min(checks)
     found = set(zip(i.tolist(), j.tolist(), strict=True))
     planted_found = sum((int(r), int(c)) in found for r, c in zip(rows, cols, strict=True))
 
@@ -95,6 +100,8 @@ def main() -> None:
         "tflop": flops / 1e12,
         "floor_seconds": floor,
         "check_seconds": check,
+        "floor_runs": floors,
+        "check_runs": checks,
         "x_floor": ratio,
         "target_x_floor": 2.0,
         "matched_pairs": len(found),
@@ -105,8 +112,11 @@ def main() -> None:
     report(
         [
             ("sizes", f"{args.n_facap:,} x {args.n_heldout:,} vectors of dim {args.dim} ({flops / 1e12:.2f} TFLOP)"),
-            ("GEMM floor (product alone)", f"{floor:.1f} s ({flops / floor / 1e9:.0f} GFLOP/s)"),
-            ("cosine check (product + threshold)", f"{check:.1f} s"),
+            (
+                f"GEMM floor (product alone), best of {args.repeats}",
+                f"{floor:.1f} s ({flops / floor / 1e9:.0f} GFLOP/s)",
+            ),
+            (f"cosine check (product + threshold), best of {args.repeats}", f"{check:.1f} s"),
             ("ratio", f"{ratio:.2f}x the floor (target <= 2x)"),
             (f"matches at cosine >= {args.threshold:.2f}", f"{len(found)}; planted {planted_found}/{args.planted}"),
             ("dHash Hamming, same pairs x 4 variants (info)", f"{hamming:.1f} s"),

@@ -31,7 +31,7 @@ SMOKE = {
     "embedding": ["--images", "64", "--serial-images", "8", "--workers", "0"],
     "eval_retrieval": ["--gallery", "200", "--queries", "20", "--baseline-queries", "1"],
     "train_step": ["--steps", "1", "--batch-size", "4", "--micro-batch", "2", "--device", "cpu"],
-    "leakage": ["--n-facap", "2000", "--n-heldout", "500", "--dim", "64", "--planted", "10"],
+    "leakage": ["--n-facap", "2000", "--n-heldout", "500", "--dim", "64", "--planted", "10", "--repeats", "1"],
 }
 
 

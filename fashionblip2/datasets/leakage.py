@@ -137,12 +137,27 @@ def variant_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def hamming_pairs(
     a: np.ndarray, b: np.ndarray, max_distance: int, block: int = HAMMING_BLOCK
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (i, j, distance) with Hamming(a[i], b[j]) <= max_distance, all pairs, block by block.
+    """Every (i, j, distance) with Hamming(a[i], b[j]) <= max_distance, ordered by (i, j).
 
-    ``b`` may hold several hashes per row (n, variants): the distance is then the least over them."""
+    ``b`` may hold several hashes per row (m, variants): the distance is then the least over them.
+    Two hashes within ``max_distance`` bits agree exactly on one of ``max_distance + 1`` disjoint
+    chunks of their 64 bits (pigeonhole), so only pairs sharing a chunk are compared: near-linear
+    where hashes spread, instead of every pair. When the chunks would be too narrow to sort the pairs
+    out (or too many pairs share one), every pair is compared, block by block: the same result."""
     a = np.asarray(a, np.uint64).reshape(len(a), -1)[:, 0]
     b = np.asarray(b, np.uint64)
     b = b.reshape(len(b), -1)
+    chunks = max_distance + 1
+    if 0 <= max_distance < 64 and 64 // chunks >= 8 and len(a) and b.size:
+        found = _hamming_pairs_chunked(a, b, max_distance, chunks)
+        if found is not None:
+            return found
+    return _hamming_pairs_all(a, b, max_distance, block)
+
+
+def _hamming_pairs_all(
+    a: np.ndarray, b: np.ndarray, max_distance: int, block: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     out_i, out_j, out_d = [], [], []
     for s, e in _blocks(len(a), block):
         d = np.bitwise_count(np.bitwise_xor(a[s:e, None, None], b[None, :, :])).min(axis=2)
@@ -153,13 +168,52 @@ def hamming_pairs(
     return _cat(out_i), _cat(out_j), _cat(out_d)
 
 
+def _hamming_pairs_chunked(
+    a: np.ndarray, b: np.ndarray, max_distance: int, chunks: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The pigeonhole search of :func:`hamming_pairs`; None when too many pairs share a chunk (then
+    comparing every pair is as cheap)."""
+    variants = b.shape[1]
+    flat = b.reshape(-1)
+    width = 64 // chunks
+    candidates = []
+    for c in range(chunks):
+        shift = np.uint64(c * width)
+        bits = 64 - c * width if c == chunks - 1 else width
+        mask = np.uint64((1 << bits) - 1)
+        key_a, key_b = (a >> shift) & mask, (flat >> shift) & mask
+        order = np.argsort(key_b, kind="stable")
+        sorted_b = key_b[order]
+        lo = np.searchsorted(sorted_b, key_a, side="left")
+        hi = np.searchsorted(sorted_b, key_a, side="right")
+        counts = hi - lo
+        total = int(counts.sum())
+        if total > len(a) * flat.size // 4:
+            return None
+        rows = np.repeat(np.arange(len(a), dtype=np.int64), counts)
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        cols = order[np.arange(total, dtype=np.int64) - starts + np.repeat(lo, counts)]
+        candidates.append(rows * flat.size + cols)
+    pair = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, np.int64)
+    i, flat_j = pair // flat.size, pair % flat.size
+    d = hamming_distance(a[i], flat[flat_j])
+    keep = d <= max_distance
+    i, j, d = i[keep], flat_j[keep] // variants, d[keep]
+    # The least distance over each held-out row's variants: one entry per (i, j).
+    order = np.lexsort((d, j, i))
+    i, j, d = i[order], j[order], d[order]
+    first = np.ones(len(i), dtype=bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return i[first], j[first], d[first]
+
+
 def cosine_pairs(
     x: np.ndarray, y: np.ndarray, threshold: float, block: int = COSINE_BLOCK
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (i, j, cosine) with x[i] . y[j] >= threshold (rows L2-normalised, float32 products).
 
-    One matrix product per block of ``x`` rows into a reused buffer, then one comparison pass: the
-    cost is the product itself plus a read of its result."""
+    One matrix product per block of ``x`` rows into a reused buffer, then one read of it for each
+    row's best score: the cost is the product itself plus that read."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     yt = np.ascontiguousarray(np.asarray(y, dtype=np.float32).T)
     out_i, out_j, out_s = [], [], []
@@ -167,10 +221,12 @@ def cosine_pairs(
     for s, e in _blocks(len(x), block):
         scores = buffer[: e - s]
         np.matmul(x[s:e], yt, out=scores)
-        i, j = np.nonzero(scores >= np.float32(threshold))
-        out_i.append(i + s)
+        # One read of the block finds the rows with a match (few); only those are searched.
+        rows = np.nonzero(scores.max(axis=1) >= np.float32(threshold))[0]
+        i, j = np.nonzero(scores[rows] >= np.float32(threshold))
+        out_i.append(rows[i] + s)
         out_j.append(j)
-        out_s.append(scores[i, j])
+        out_s.append(scores[rows[i], j])
     return _cat(out_i), _cat(out_j), _cat(out_s, np.float32)
 
 

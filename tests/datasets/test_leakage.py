@@ -243,3 +243,59 @@ def test_the_check_script_finds_the_copy_and_fail_stops_naming_the_count(tmp_pat
     failed = subprocess.run([*command, "--action", "fail"], capture_output=True, text=True)
     assert failed.returncode == 2 and "1 FACap images match a FashionIQ val/test image" in failed.stderr
     assert "Traceback" not in failed.stderr and not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 3, 6, 7, 12])
+def test_the_pigeonhole_hamming_search_finds_what_comparing_every_pair_finds(max_distance):
+    from fashionblip2.datasets.leakage import _hamming_pairs_all
+
+    rng = np.random.default_rng(max_distance)
+    a = rng.integers(0, 2**63, size=300, dtype=np.int64).astype(np.uint64)
+    b = rng.integers(0, 2**63, size=(80, 3), dtype=np.int64).astype(np.uint64)
+    for k in range(60):  # near copies at every distance up to 14 bits, in any variant
+        flips = rng.choice(64, size=k % 15, replace=False)
+        b[k % 80, k % 3] = a[k] ^ np.uint64(sum(1 << int(f) for f in flips))
+    b[5] = a[7]  # several variants of one row matching one hash
+    fast = hamming_pairs(a, b, max_distance)
+    slow = _hamming_pairs_all(a, b, max_distance, block=64)
+    assert [x.tolist() for x in fast] == [x.tolist() for x in slow]
+    assert len(slow[0]) > 0
+
+
+def test_the_report_counts_planted_copies_found_and_lists_false_positives(tmp_path):
+    from fashionblip2.datasets.leakage_report import planted_recall
+
+    world = tmp_path / "world"
+    world.mkdir()
+    save(picture(50), world / "orig1.png")
+    save(picture(51), world / "orig2.png")
+    save(picture(50).resize((70, 70)), world / "copy1.jpg", "JPEG")
+    save(picture(60), world / "copy2.jpg", "JPEG")  # planted, but nothing like its original: missed
+    save(picture(52), world / "other.png")
+    garment = {c: "x" for c in ("garment", "colour", "colour2", "pattern", "sleeve", "length", "neckline", "fit",
+                                 "fabric")}  # fmt: skip
+    truth = pd.DataFrame(
+        [
+            {"path": "copy1.jpg", "planted_from": "orig1.png", "planted_transform": "resize", **garment},
+            {"path": "copy2.jpg", "planted_from": "orig2.png", "planted_transform": "crop", **garment},
+            *({"path": p, "planted_from": "", "planted_transform": "", **garment} for p in
+              ("orig1.png", "orig2.png", "other.png")),
+        ]
+    )  # fmt: skip
+    w = str(world)
+    matches = pd.DataFrame(
+        {
+            "kind": ["heldout", "heldout", "reference_target"],
+            "image_a": ["c1", "o", "c1"],
+            "path_a": [f"{w}/copy1.jpg", f"{w}/other.png", f"{w}/copy1.jpg"],
+            "image_b": ["o1", "o2", "o"],
+            "path_b": [f"{w}/orig1.png", f"{w}/orig2.png", f"{w}/other.png"],
+            "levels": "near_duplicate",
+            "hash_distance": [1, 2, 0],
+            "cosine": [0.9, 0.5, 0.1],
+        }  # fmt: skip
+    )
+    planted, false = planted_recall(matches, truth, w, [0.04])
+    assert planted["found"].tolist() == [True, False] and planted["hash_distance"].iloc[0] == 1
+    assert planted["hash_distance"].iloc[1] > 3  # the missed copy's distance, measured from its files
+    assert false[["image_a", "image_b"]].values.tolist() == [["o", "o2"]] and false["same_garment"].all()
