@@ -36,7 +36,11 @@ COMPARED = [
 ]
 # Jobs that SLURM runs; the gather steps and Table 1 are local rules (seconds of work each), and so
 # is `modification` here, whose backend is an API (a loopback server): API jobs run where the internet is.
-SUBMITTED = ["synthetic_world", "manifest", "embed", "gather_embeddings", "pair", "caption", "facap"]
+SUBMITTED = [
+    "synthetic_world", "manifest", "embed", "gather_embeddings", "embed_heldout", "pair", "leakage", "caption", "facap",
+]  # fmt: skip
+# Rules the tiny preset gives a GPU: they go to the GPU partition and ask for one.
+GPU_RULES = {"embed", "embed_heldout"}
 
 
 def started_cluster(root: Path, gpus: int = 2) -> SlurmCluster:
@@ -156,9 +160,8 @@ def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(
     assert all(j["JobState"] == "COMPLETED" for j in jobs), shown
     completed = slurm_cluster.completed_jobs()  # the job-completion log, written by slurmctld
     assert {r["JobId"] for r in completed} == set(rule_of) and {r["JobState"] for r in completed} == {"COMPLETED"}
-    # GPU rules (the tiny preset gives `embed` one GPU) went to the GPU partition and asked for one.
     for job in jobs:
-        gpu_rule = rule_of[job["JobId"]] == "embed"
+        gpu_rule = rule_of[job["JobId"]] in GPU_RULES
         assert job["Partition"] == ("gpu" if gpu_rule else "cpu"), job
         assert ("gpu:1" in job.get("TresPerJob", "")) == gpu_rule, job
     assert sorted((on_slurm / "logs/slurm").rglob("*.log")), "SLURM job logs go to logs/slurm"

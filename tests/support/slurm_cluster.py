@@ -12,6 +12,7 @@ A third partition, `short`, allows one minute (MaxTime=1) and, as SLURM's defaul
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -42,6 +43,7 @@ SlurmUser=root
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
 AuthType=auth/munge
+AuthInfo=socket={munge_socket}
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
@@ -88,6 +90,9 @@ class SlurmCluster:
         self.conf = self.root / "slurm.conf"
         self.bin = self.root / "bin"
         self.pids: dict[str, int] = {}
+        # One munged per cluster, in /run/munge (see _start_munge), named after this cluster's folder.
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        self.munge_socket = Path("/run/munge") / f"facap-test-{digest}.socket"
 
     @property
     def env(self) -> dict[str, str]:
@@ -105,6 +110,7 @@ class SlurmCluster:
                 gres=f" Gres=gpu:{self.gpus}" if self.gpus else "",
                 ctld_port=_free_port(),
                 d_port=_free_port(),
+                munge_socket=self.munge_socket,
             )
         )
         devices = ("/dev/null", "/dev/zero")[: self.gpus]
@@ -130,18 +136,17 @@ class SlurmCluster:
 
     def _start_munge(self) -> None:
         # munged runs as the munge user, who cannot enter pytest's root-only temp folders: its
-        # files go to /run/munge, where the clients also look for its socket.
+        # files go to /run/munge. Each cluster has a munged of its own (its socket named in
+        # slurm.conf's AuthInfo), never a shared one: stopping a shared one when one test ends
+        # took the authentication away from another test's cluster running at the same time.
         run = Path("/run/munge")
         run.mkdir(parents=True, exist_ok=True)
         shutil.chown(run, "munge", "munge")
-        socket_path = run / "munge.socket.2"
-        if socket_path.exists() and subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
-            return  # a munged already serves this machine: share it, do not stop it
-        pidfile = run / "facap-test-munged.pid"
+        socket_path, pidfile = self.munge_socket, run / f"{self.munge_socket.name}.pid"
         result = subprocess.run(
             ["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--socket", str(socket_path),
-             "--pid-file", str(pidfile), "--log-file", str(run / "facap-test-munged.log"),
-             "--seed-file", str(run / "facap-test-seed"), "--force"],
+             "--pid-file", str(pidfile), "--log-file", str(run / f"{socket_path.name}.log"),
+             "--seed-file", str(run / f"{socket_path.name}.seed"), "--force"],
             capture_output=True, text=True,
         )  # fmt: skip
         if result.returncode != 0:
@@ -161,6 +166,17 @@ class SlurmCluster:
                 return int(path.read_text())
             time.sleep(0.1)
         raise RuntimeError(f"{daemon} wrote no PID file; {self.logs_tail()}")
+
+    def _cancel_jobs(self, timeout_s: float = 30) -> None:
+        """Cancel this cluster's jobs and wait until none is left: a test that fails while a job runs
+        must not leave its slurmstepd and job processes behind once the daemons are gone."""
+        subprocess.run(["scancel", "--user", "root"], env=self.env, capture_output=True, timeout=30)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            listed = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True)
+            if listed.returncode != 0 or not listed.stdout.strip():
+                return
+            time.sleep(0.5)
 
     def logs_tail(self, lines: int = 15) -> str:
         out = []
@@ -182,6 +198,8 @@ class SlurmCluster:
         return records
 
     def stop(self) -> None:
+        if "slurmctld" in self.pids:
+            self._cancel_jobs()
         for name in ("slurmd", "slurmctld", "munged"):
             pid = self.pids.pop(name, None)
             if pid is None:
@@ -198,3 +216,6 @@ class SlurmCluster:
                 time.sleep(0.1)
             else:
                 os.kill(pid, signal.SIGKILL)
+        # This cluster's munged files (socket, lock, pid, log, seed) go with it.
+        for path in self.munge_socket.parent.glob(f"{self.munge_socket.name}*"):
+            path.unlink(missing_ok=True)
