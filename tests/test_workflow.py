@@ -16,7 +16,7 @@ import yaml
 from snakemake.utils import validate
 
 from fashionblip2.config import runtime_minutes
-from tests.conftest import REPO, python_first_env, snakemake
+from tests.conftest import REPO, python_first_env, snakemake, source_settings
 
 # Rules allowed to read the synthetic world's ground truth (evaluation only).
 GROUND_TRUTH_READERS: set[str] = {"auto_annotate", "leakage_report"}
@@ -465,7 +465,7 @@ def test_a_bad_source_root_fails_with_a_clear_message(tmp_path):
             sys.executable,
             REPO / "workflow_scripts/build_manifest.py",
             "--sources",
-            json.dumps({"fashion200k": {"root": str(tmp_path)}}),
+            json.dumps(source_settings(fashion200k=str(tmp_path))),
             "--images",
             str(tmp_path / "i.parquet"),
             "--triplets",
