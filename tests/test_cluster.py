@@ -3,7 +3,9 @@ against it (the real cluster's answers are in tests/test_slurm.py)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +177,17 @@ def test_a_request_no_single_node_can_hold_is_refused(offer):
         "rule x: no single usable node of partition 'gpu' has all it asks for (1 CPUs, 300000 MB, 2 v100 GPUs); "
         "its nodes: g01 (32 CPUs, 512000 MB, a100:4); g02 (32 CPUs, 256000 MB, a100:2, v100:2)"
     ]
+
+
+def test_the_readme_lists_the_workflows_local_rules():
+    """The README's cluster section says which rules run in the Snakemake process: exactly those the
+    rule files declare local (some only with an API backend)."""
+    root = Path(__file__).resolve().parents[1]
+    declared = set()
+    for rules in (root / "rules").glob("*.smk"):
+        for block in re.findall(r"localrules:\n((?:[ \t]+\w+,\n)+)", rules.read_text()):
+            declared |= set(re.findall(r"(\w+),", block))
+    readme = (root / "README.md").read_text()
+    paragraph = readme[readme.index("These are local rules") : readme.index("goes through `sbatch`")]
+    listed = set(re.findall(r"`(\w+)`", paragraph)) - {"gather_embeddings"}  # named as not local
+    assert declared and listed == declared
