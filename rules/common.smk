@@ -88,7 +88,7 @@ def table_files(stem, *, tex=False, sections=()):
 # summary (an input of the facap rule), every matched pair, and the report.
 HELDOUT_EMBEDDINGS = "data/embeddings/heldout.npz"
 LEAKAGE = "data/leakage/leakage.json"
-LEAKAGE_MATCHES = "results/leakage/matches.csv"
+LEAKAGE_MATCHES = "data/leakage/matches.csv"
 LEAKAGE_REPORT = "results/leakage/report.md"
 PILOT_FILES = table_files("results/tables/pilot")
 PILOT_TABLE = PILOT_FILES["md"]

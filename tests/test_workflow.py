@@ -77,7 +77,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
     planted = yaml.safe_load((workflow_copy / "config/presets/test.yaml").read_text())["synthetic"]["planted_leaks"]
     assert planted == 4 and f"Found **{planted - 1} of {planted}** planted copies" in leakage
     assert re.search(r"\| recolour +\| False ", leakage) and "False positives" in leakage
-    matches = pd.read_csv(workflow_copy / "results/leakage/matches.csv")
+    matches = pd.read_csv(workflow_copy / "data/leakage/matches.csv")
     assert {"path_a", "path_b", "hash_distance", "cosine", "levels"} <= set(matches.columns)
     summary = json.loads((workflow_copy / "data/leakage/leakage.json").read_text())
     checked = card["leakage"]

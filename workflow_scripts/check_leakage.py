@@ -13,7 +13,7 @@ Example:
         --settings '{"levels": ["exact", "near_duplicate"], "hash_max_distance": 3, "cosine_min": 0.95,
                      "crop_fractions": [0.04, 0.06, 0.08]}' \\
         --action drop --data synthetic --run-name default \\
-        --matches results/leakage/matches.csv --summary data/leakage/leakage.json
+        --matches data/leakage/matches.csv --summary data/leakage/leakage.json
 """
 
 import argparse

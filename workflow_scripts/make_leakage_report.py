@@ -5,7 +5,7 @@ false positives.
 
 Example:
     python workflow_scripts/make_leakage_report.py --summary data/leakage/leakage.json \\
-        --matches results/leakage/matches.csv --facap data/facap \\
+        --matches data/leakage/matches.csv --facap data/facap \\
         --ground-truth data/synthetic/ground_truth.parquet --world data/synthetic/world \\
         --out results/leakage/report.md
 """
@@ -40,7 +40,7 @@ def main() -> None:
     card = json.loads((Path(args.facap) / "data_card.json").read_text())["leakage"]
     matches = pd.read_csv(args.matches, keep_default_na=False)
     truth = pd.read_parquet(args.ground_truth) if args.ground_truth else None
-    write_text_atomic(args.out, leakage_report(summary, card, matches, truth, args.world or ""))
+    write_text_atomic(args.out, leakage_report(summary, card, matches, truth, args.world or "", args.matches))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def planted_recall(
     return pd.DataFrame(rows), false
 
 
-def leakage_report(summary: dict, card: dict, matches: pd.DataFrame, truth: pd.DataFrame | None, world: str) -> str:
+def leakage_report(
+    summary: dict, card: dict, matches: pd.DataFrame, truth: pd.DataFrame | None, world: str, matches_path: str
+) -> str:
     t = summary["thresholds"]
     lines = [
         "# Leakage: FACap's images against FashionIQ's evaluation images",
@@ -98,7 +100,7 @@ def leakage_report(summary: dict, card: dict, matches: pd.DataFrame, truth: pd.D
         f"| triplets whose target is its reference (not counted above) | {card['triplets_reference_is_target']} |",
         f"| triplets removed from FACap | {card['triplets_removed']} |",
         "",
-        "Every matched pair, with both paths and both scores: results/leakage/matches.csv.",
+        f"Every matched pair, with both paths and both scores: {matches_path}.",
     ]
     if truth is not None:
         planted, false = planted_recall(matches, truth, world, t["crop_fractions"])
@@ -124,5 +126,5 @@ def leakage_report(summary: dict, card: dict, matches: pd.DataFrame, truth: pd.D
             shown = false[["image_a", "image_b", "levels", "hash_distance", "cosine", "same_garment"]]
             lines += [shown.head(50).to_markdown(index=False), ""]
             if len(false) > 50:
-                lines += [f"... and {len(false) - 50} more in results/leakage/matches.csv.", ""]
+                lines += [f"... and {len(false) - 50} more in {matches_path}.", ""]
     return "\n".join(lines) + "\n"
