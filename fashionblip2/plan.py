@@ -534,54 +534,52 @@ def stage_bills(
     }
     bills: dict[str, Bill] = {}
 
+    def full_bill(stage: str, requests: list | None, built_from: str, n: int, estimate: float, about: str) -> Bill:
+        """A stage's bill: from its requests when the data to build them exist, else estimated from
+        the pilot's measured requests, or from the prompt."""
+        if requests is not None:
+            return bill_requests(
+                requests,
+                answer[stage],
+                prices,
+                with_image=stage == "caption",
+                cache=cache,
+                output_per_request=out_each[stage],
+                basis=f"the requests themselves ({built_from})" + out_note[stage],
+            )
+        if stage in measured:
+            estimate, about = measured[stage].input_per_request, "the pilot's requests (measured)"
+        return bill_estimate(
+            n, estimate, answer[stage], prices, output_per_request=out_each[stage], basis=about + out_note[stage]
+        )
+
     # The full run.
-    if manifest is not None and pairs is not None:
-        requests = plan_captions(pairs, manifest, templates["caption"], answer["caption"]).requests
-        bills["caption"] = bill_requests(
-            requests,
-            answer["caption"],
-            prices,
-            with_image=True,
-            cache=cache,
-            output_per_request=out_each["caption"],
-            basis="the requests themselves (manifest, pairs)" + out_note["caption"],
-        )
-    else:
-        tokens, basis = caption_estimate_tokens(config, templates["caption"], prices), "the prompt filled as stated"
-        if "caption" in measured:
-            tokens, basis = measured["caption"].input_per_request, "the pilot's requests (measured)"
-        bills["caption"] = bill_estimate(
-            counts.caption_images,
-            tokens,
-            answer["caption"],
-            prices,
-            output_per_request=out_each["caption"],
-            basis=basis + out_note["caption"],
-        )
-    if pairs is not None and captions is not None:
-        requests = plan_modifications(pairs, captions, templates["modification"], answer["modification"]).requests
-        bills["modification"] = bill_requests(
-            requests,
-            answer["modification"],
-            prices,
-            with_image=False,
-            cache=cache,
-            output_per_request=out_each["modification"],
-            basis="the requests themselves (pairs, captions)" + out_note["modification"],
-        )
-    else:
-        tokens = modification_estimate_tokens(config, templates["modification"], prices)
-        basis = "the prompt with two captions of the caption stage's max_new_tokens (at most)"
-        if "modification" in measured:
-            tokens, basis = measured["modification"].input_per_request, "the pilot's requests (measured)"
-        bills["modification"] = bill_estimate(
-            counts.pairs,
-            tokens,
-            answer["modification"],
-            prices,
-            output_per_request=out_each["modification"],
-            basis=basis + out_note["modification"],
-        )
+    caption_requests = (
+        plan_captions(pairs, manifest, templates["caption"], answer["caption"]).requests
+        if manifest is not None and pairs is not None
+        else None
+    )
+    bills["caption"] = full_bill(
+        "caption",
+        caption_requests,
+        "manifest, pairs",
+        counts.caption_images,
+        caption_estimate_tokens(config, templates["caption"], prices),
+        "the prompt filled as stated",
+    )
+    modification_requests = (
+        plan_modifications(pairs, captions, templates["modification"], answer["modification"]).requests
+        if pairs is not None and captions is not None
+        else None
+    )
+    bills["modification"] = full_bill(
+        "modification",
+        modification_requests,
+        "pairs, captions",
+        counts.pairs,
+        modification_estimate_tokens(config, templates["modification"], prices),
+        "the prompt with two captions of the caption stage's max_new_tokens (at most)",
+    )
 
     # The pilot: a sample of the same questions.
     pilot_n = min(config["pilot"]["pairs"], counts.pairs)
