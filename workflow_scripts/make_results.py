@@ -4,6 +4,8 @@
     table3   FashionIQ val, without and with fine-tuning, beside the paper's rows (reported)
     table4   with and without FACap pretraining, fine-tuned; FashionIQ and enhFashionIQ
     table5   the component ablation, without and with fine-tuning, on both evaluation sets
+    table6   beyond the paper: each variant trained on the filtered FACap against its
+             <variant>_unfiltered twin, without and with fine-tuning, on both evaluation sets
     figure5  recall against the FACap training fraction (without fine-tuning)
     figure6  qualitative results: reference, text, top-k with the target framed, its rank
 
@@ -23,6 +25,14 @@ Example:
         --bootstrap '{"samples": 1000, "seed": 0}' --data synthetic --run-name default \\
         --md results/tables/table3.md --csv results/tables/table3.csv --tex results/tables/table3.tex \\
         --differences results/tables/table3_differences.csv
+
+Table 6 takes experiments.table6 as --spec and each variant's and its twin's evaluations, both stages:
+    python workflow_scripts/make_results.py table6 --spec '{"variants": ["cir_mh"]}' \
+        --results results/eval/stage{1,2}/cir_mh{,_unfiltered}/{fashioniq,enhfashioniq}.json \
+        --rankings results/eval/stage{1,2}/cir_mh{,_unfiltered}/{fashioniq,enhfashioniq}_rankings.parquet \
+        --bootstrap '{"samples": 1000, "seed": 0}' --data synthetic --run-name default \
+        --md results/tables/table6.md --csv results/tables/table6.csv --tex results/tables/table6.tex \
+        --differences results/tables/table6_differences.csv
 """
 
 import argparse
@@ -44,7 +54,7 @@ log = logging.getLogger("make_results")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["table3", "table4", "table5", "figure5", "figure6"])
+    parser.add_argument("what", choices=["table3", "table4", "table5", "table6", "figure5", "figure6"])
     parser.add_argument("--spec", required=True, help="JSON: the config entry of this table or figure")
     parser.add_argument("--variants", help="JSON: the settings of Table 5's variants")
     parser.add_argument("--results", nargs="+", required=True, help="evaluation summaries (<dataset>.json)")
@@ -78,6 +88,8 @@ def main() -> None:
         if args.variants is None:
             parser.error("table5 needs --variants")
         ex.write_table5(evals, spec, json.loads(args.variants), origin, files)
+    elif args.what == "table6":
+        ex.write_table6(evals, spec, origin, files)
     elif args.what == "figure5":
         variants = [tuple(v) for v in spec["variants"]]
         ex.write_figure5(evals, variants, spec["caption"], origin, args.out, args.csv, args.differences)

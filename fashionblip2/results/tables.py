@@ -1,5 +1,6 @@
 """Tables 3, 4 and 5 of the paper from the evaluation files, with the paper's reported rows beside
-ours (marked as reported, never mixed with computed numbers) and the chance level of our galleries.
+ours (marked as reported, never mixed with computed numbers) and the chance level of our galleries;
+and Table 6, beyond the paper: stage 1 on the filtered FACap against the unfiltered one.
 
 Evaluation files: ``<dataset>.json`` and ``<dataset>_rankings.parquet`` as written by
 ``workflow_scripts/evaluate_model.py`` (stage1 = trained on FACap only, "without fine-tuning";
@@ -18,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from fashionblip2.config import unfiltered_variant
 from fashionblip2.results.significance import Difference, Interval, confidence_intervals, paired_difference
 
 CATEGORY_NAMES = {"dress": "Dresses", "shirt": "Shirts", "toptee": "Tops&tees"}
@@ -305,6 +307,33 @@ def table5_comparisons(evals: Evaluations, variants: list[str]) -> pd.DataFrame:
         for a, b in zip(variants, variants[1:], strict=False)
     ]
     pairs += [(f"{v}: with minus without fine-tuning", ("stage2", v), ("stage1", v)) for v in variants]
+    return comparisons(evals, pairs)
+
+
+def table6(evals: Evaluations, spec: dict[str, list[str]], origin: str) -> pd.DataFrame:
+    """Per configured variant, the model trained on the unfiltered FACap and the one trained on the
+    filtered FACap (the variant itself), both before and after the same FashionIQ fine-tuning. The
+    paper has no such table: no reported rows."""
+    rows = []
+    for base in spec["variants"]:
+        # The unfiltered row first: the filtered one below it reads as what filtering changed.
+        for facap, name in (("unfiltered", unfiltered_variant(base)), ("filtered", base)):
+            row: dict[str, Any] = {"Variant": name, "FACap": facap}
+            for stage, setting in TABLE5_SETTINGS:
+                for dataset, short in DATASETS.items():
+                    row[f"{setting} {short}"] = evals[stage, name, dataset].intervals["Avg"]
+            rows.append(row | {"Rows from": origin})
+    return pd.DataFrame(rows)
+
+
+def table6_comparisons(evals: Evaluations, spec: dict[str, list[str]]) -> pd.DataFrame:
+    """Per variant and setting, filtered minus unfiltered FACap: stage 2 says whether what filtering
+    changes survives the fine-tuning both models share."""
+    pairs = [
+        (f"{v}: filtered minus unfiltered FACap ({setting})", (stage, v), (stage, unfiltered_variant(v)))
+        for v in spec["variants"]
+        for stage, setting in TABLE5_SETTINGS
+    ]
     return comparisons(evals, pairs)
 
 
