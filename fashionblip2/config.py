@@ -41,11 +41,17 @@ def as_json(value: Any) -> str:
 
 
 def annotation_answer_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    return pick(config["annotation"][stage], ANNOTATION_ANSWER_KEYS)
+    section = config["annotation"][stage]
+    settings = pick(section, ANNOTATION_ANSWER_KEYS)
+    # The planted errors change the rules differ's answers only: under an API backend, editing them
+    # must not replan the paid stage and everything trained on it.
+    if section["backend"] == "rules" and "planted_errors" in section:
+        settings["planted_errors"] = section["planted_errors"]
+    return settings
 
 
 def annotation_job_options(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    return drop(config["annotation"][stage], ANNOTATION_ANSWER_KEYS + ("prompt",))
+    return drop(config["annotation"][stage], ANNOTATION_ANSWER_KEYS + ("prompt", "planted_errors"))
 
 
 def training_result_settings(config: dict[str, Any], run: str) -> dict[str, Any]:
@@ -197,7 +203,12 @@ WORKFLOW_FILES = (
 # The optional keys of an experiment variant, a user-written entry of experiments.variants that
 # config.yaml cannot hold defaults for (the schema requires the others): their one default. Not
 # filled into the config, so that a variant's params, and its trained models, stay as written.
-VARIANT_DEFAULTS: dict[str, Any] = {"facap_fraction": 1.0, "fraction_budget": "epochs", "label": ""}
+VARIANT_DEFAULTS: dict[str, Any] = {
+    "facap_fraction": 1.0,
+    "fraction_budget": "epochs",
+    "facap_filtered": True,  # stage 1 on the filtered FACap when facap.filters is set
+    "label": "",
+}
 
 
 def variant_setting(spec: dict[str, Any], key: str) -> Any:
@@ -210,13 +221,19 @@ def fraction_variant(base: str, fraction: float) -> str:
     return base if fraction == 1 else f"{base}_facap{round(100 * fraction)}"
 
 
+def unfiltered_variant(base: str) -> str:
+    """Table 6's comparison: the variant trained on the unfiltered FACap."""
+    return f"{base}_unfiltered"
+
+
 def figure5_variants(experiments: dict[str, Any]) -> list[tuple[float, str]]:
     spec = experiments["figure5"]
     return [(f, fraction_variant(spec["variant"], f)) for f in sorted(spec["fractions"])]
 
 
 def variants(experiments: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every variant: those declared in experiments.variants, plus Figure 5's fractions of its base."""
+    """Every variant: those declared in experiments.variants, plus Figure 5's fractions of its base and
+    Table 6's unfiltered twins."""
     declared = experiments["variants"]
     base = experiments["figure5"]["variant"]
     out = dict(declared)
@@ -225,6 +242,10 @@ def variants(experiments: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"experiments.figure5.variant: {base!r} is not in experiments.variants")
         budget = experiments["figure5"]["budget"]
         out.setdefault(name, {**declared[base], "facap_fraction": fraction, "fraction_budget": budget})
+    for name in experiments["table6"]["variants"]:
+        if name not in declared:
+            raise ValueError(f"experiments.table6.variants: {name!r} is not in experiments.variants")
+        out.setdefault(unfiltered_variant(name), {**declared[name], "facap_filtered": False})
     return out
 
 
@@ -257,6 +278,10 @@ def check_experiment_names(experiments: dict[str, Any], search_variant: str) -> 
         for name in listed:
             if name not in known:
                 raise ValueError(f"experiments.{where}: variant {name!r} is not declared in experiments.variants")
-    for name in [experiments["table3"]["without_finetuning"], *experiments["table5"]]:
+    for name in [
+        experiments["table3"]["without_finetuning"],
+        *experiments["table5"],
+        *experiments["table6"]["variants"],
+    ]:
         if not has_facap_stage(known[name]):
             raise ValueError(f"variant {name!r} has facap_fraction 0: it has no model without fine-tuning to evaluate")

@@ -257,6 +257,7 @@ rule facap:
         pairs=PAIRS,
         captions=CAPTIONS,
         modifications=MODIFICATIONS,
+        scores=TRIPLET_SCORES,
         leakage=LEAKAGE,
     output:
         directory(FACAP),
@@ -273,8 +274,8 @@ rule facap:
         provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/assemble_datasets.py facap --pairs {input.pairs} --captions {input.captions}"
-        " --modifications {input.modifications} --sources {params.sources:q} --annotation {params.annotation:q}"
-        " --leakage {input.leakage} --leakage-action {params.leakage_action}"
+        " --modifications {input.modifications} --scores {input.scores} --sources {params.sources:q}"
+        " --annotation {params.annotation:q} --leakage {input.leakage} --leakage-action {params.leakage_action}"
         " {params.provenance} --out {output} 2> {log}"
 
 
@@ -282,6 +283,7 @@ rule enhfashioniq:
     input:
         pairs=PAIRS,
         modifications=MODIFICATIONS,
+        scores=TRIPLET_SCORES,
         fashioniq=fashioniq_input(),
     output:
         directory(ENHFASHIONIQ),
@@ -297,13 +299,14 @@ rule enhfashioniq:
         provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/assemble_datasets.py enhfashioniq --pairs {input.pairs}"
-        " --modifications {input.modifications} --fashioniq-root {params.fashioniq_root}"
+        " --modifications {input.modifications} --scores {input.scores} --fashioniq-root {params.fashioniq_root}"
         " --annotation {params.annotation:q} {params.provenance} --out {output} 2> {log}"
 
 
 rule table1:
     input:
         facap=FACAP,
+        facap_filtered=FACAP_FILTERED if facap_filters() else [],
         fashioniq=fashioniq_input(),
     output:
         md=report(TABLE1_FILES["md"], caption="../report/table1.rst", category="Tables"),
@@ -316,7 +319,9 @@ rule table1:
         **cluster_resources("table1"),
     params:
         fashioniq_root=fashioniq_root(),
+        filtered=f"--facap-filtered {FACAP_FILTERED}" if facap_filters() else "",
         provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
-        "python workflow_scripts/make_table1.py --facap {input.facap} --fashioniq-root {params.fashioniq_root}"
+        "python workflow_scripts/make_table1.py --facap {input.facap} {params.filtered}"
+        " --fashioniq-root {params.fashioniq_root}"
         " {params.provenance} --md {output.md} --csv {output.csv} 2> {log}"

@@ -90,6 +90,14 @@ HELDOUT_EMBEDDINGS = "data/embeddings/heldout.npz"
 LEAKAGE = "data/leakage/leakage.json"
 LEAKAGE_MATCHES = "data/leakage/matches.csv"
 LEAKAGE_REPORT = "results/leakage/report.md"
+# The triplet scores (rules/scores.smk): a score on every annotated triplet, FACap's filtered
+# release and its filter report, and the scores' validity against the synthetic world's truth.
+TRIPLET_SCORES = "data/scores/triplets.parquet"
+FACAP_FILTERED = "data/facap_filtered"
+FILTER_REPORT = "results/scores/filters.md"
+SCORE_VALIDITY_FILES = table_files("results/scores/validity")
+TRUTH_LABELS = "results/scores/truth_labels.parquet"
+SCORE_FIGURES = {"distributions": "results/scores/distributions.png", "flagged": "results/scores/flagged.png"}
 PILOT_FILES = table_files("results/tables/pilot")
 PILOT_TABLE = PILOT_FILES["md"]
 FACAP = "data/facap"
@@ -109,7 +117,7 @@ EVALUATION = "results/eval/{stage}/{variant}/{dataset}.json"
 RANKINGS = "results/eval/{stage}/{variant}/{dataset}_rankings.parquet"
 SEARCH_INDEX = "results/index/{stage}/{variant}"
 EXPERIMENT_TABLE_FILES = table_files("results/tables/table{number}", tex=True, sections=["differences"])
-TABLES = {n: EXPERIMENT_TABLE_FILES["md"].format(number=n) for n in (3, 4, 5)}
+TABLES = {n: EXPERIMENT_TABLE_FILES["md"].format(number=n) for n in (3, 4, 5, 6)}
 FIGURE5_FILES = {
     "png": "results/figures/figure5.png",
     "csv": "results/figures/figure5.csv",
@@ -326,6 +334,51 @@ def backbone_dir():
     return TRAINED_BACKBONE if name == "train" else name
 
 
+SCORE_NAMES = ["caption_faithfulness", "grounding", "discriminative", "form"]
+
+
+def score_settings():
+    """What changes the scores: scores.* besides how the job runs, and the pairing's shortlist settings."""
+    section = config["scores"]
+    return {
+        "reference_images": section["reference_images"],
+        "seed": section["seed"],
+        **section["form"],
+        "top_k": config["pairing"]["top_k"],
+        "engine": config["pairing"]["engine"],
+        "block": config["pairing"]["block"],
+    }
+
+
+def planted_errors():
+    """The rules differ's planted errors ("" when another backend wrote the texts)."""
+    section = config["annotation"]["modification"]
+    return section["planted_errors"] if section["backend"] == "rules" else ""
+
+
+def facap_filters():
+    """facap.filters: score -> the least value kept ({}: FACap is not filtered)."""
+    return config["facap"]["filters"]
+
+
+def training_facap(wildcards):
+    """The FACap a variant's stage 1 trains on: the filtered one when filters are set, except for
+    Table 6's unfiltered comparisons."""
+    spec = variants()[wildcards.variant]
+    return FACAP_FILTERED if facap_filters() and cfg.variant_setting(spec, "facap_filtered") else FACAP
+
+
+def score_targets():
+    """The scores' outputs `all` builds: the filter report and Table 6 when filters are set; the
+    validity table when the ground truth exists (the synthetic world)."""
+    targets = [SCORE_FIGURES["distributions"], SCORE_FIGURES["flagged"]]
+    if facap_filters():
+        targets += [FILTER_REPORT, TABLES[6]]
+    if uses_synthetic_world():
+        targets.append(SCORE_VALIDITY_FILES["md"])
+    return targets
+
+
 def figure5_variants():
     return cfg.figure5_variants(config["experiments"])
 
@@ -385,6 +438,9 @@ def table_inputs(wildcards):
     ex = config["experiments"]
     if wildcards.number == "3":
         models = [("stage1", ex["table3"]["without_finetuning"]), ("stage2", ex["table3"]["with_finetuning"])]
+    elif wildcards.number == "6":
+        pairs = [(v, cfg.unfiltered_variant(v)) for v in ex["table6"]["variants"]]
+        models = [(s, name) for s in ("stage1", "stage2") for pair in pairs for name in pair]
     elif wildcards.number == "4":
         models = [("stage2", e[k]) for e in ex["table4"] for k in ("without_facap", "with_facap")]
     else:
@@ -423,6 +479,7 @@ def all_targets():
         ENHFASHIONIQ,
         LEAKAGE_REPORT,
         TABLE1,
+        *score_targets(),
         *quality_targets(),
         *experiment_targets(),
     ]

@@ -21,7 +21,7 @@ rule table:
     log:
         log_file("table", "{number}"),
     wildcard_constraints:
-        number="[345]",
+        number="[3456]",
     conda:
         "../envs/data.yaml"
     resources:

@@ -11,7 +11,9 @@ rule tokenizer:
     input:
         manifest=MANIFEST,
         triplets=MANIFEST_TRIPLETS,
-        facap=FACAP,
+        pairs=PAIRS,
+        captions=CAPTIONS,
+        modifications=MODIFICATIONS,
     output:
         directory(TRAINED_TOKENIZER),
     log:
@@ -24,8 +26,10 @@ rule tokenizer:
     params:
         vocab_size=config["model"]["vocab_size"],
         max_length=config["model"]["max_text_length"],
+        facap_sources=json.dumps(config["facap"]["sources"]),
     shell:
-        "python workflow_scripts/train_tokenizer.py --manifest {input.manifest} --facap {input.facap}"
+        "python workflow_scripts/train_tokenizer.py --manifest {input.manifest} --pairs {input.pairs}"
+        " --captions {input.captions} --modifications {input.modifications} --facap-sources {params.facap_sources:q}"
         " --fashioniq-triplets {input.triplets} --vocab-size {params.vocab_size} --max-length {params.max_length}"
         " --out {output} 2> {log}"
 
@@ -61,7 +65,7 @@ rule pretrain:
 rule train_stage1:
     input:
         manifest=MANIFEST,
-        facap=FACAP,
+        facap=training_facap,
         start=backbone_dir(),
         tokenizer=tokenizer_dir(),
     output:

@@ -1,16 +1,18 @@
 #!/usr/bin/env python
 """Assemble FACap (released layout, with a data card) or enhFashionIQ (FashionIQ's caption format)
-from the pairs, captions and modification texts.
+from the pairs, captions and modification texts; each triplet carries its scores.
 
 Examples:
     ANNOTATION='{"caption": {"backend": "metadata", "model": ""}, "modification": {"backend": "rules"}}'
     python workflow_scripts/assemble_datasets.py facap --pairs data/pairs/pairs.parquet \\
         --captions data/annotation/captions.parquet --modifications data/annotation/modifications.parquet \\
-        --sources '["fashion200k", "deepfashion_mm", "catalogue"]' --annotation "$ANNOTATION" \\
+        --scores data/scores/triplets.parquet --sources '["fashion200k", "deepfashion_mm", "catalogue"]' \\
+        --annotation "$ANNOTATION" \\
         --leakage data/leakage/leakage.json --leakage-action drop \\
         --data synthetic --run-name default --out data/facap
     python workflow_scripts/assemble_datasets.py enhfashioniq --pairs data/pairs/pairs.parquet \\
-        --modifications data/annotation/modifications.parquet --fashioniq-root data/synthetic/world/fashioniq \\
+        --modifications data/annotation/modifications.parquet --scores data/scores/triplets.parquet \\
+        --fashioniq-root data/synthetic/world/fashioniq \\
         --annotation "$ANNOTATION" --data synthetic --run-name default --out data/enhfashioniq
 """
 
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--captions", help="facap: the gathered captions")
     parser.add_argument("--modifications", required=True)
+    parser.add_argument("--scores", required=True, help="the triplet scores (Parquet): columns of the released rows")
     parser.add_argument(
         "--sources",
         help="facap: JSON list of the sources it is built from (facap.sources)",
@@ -55,6 +58,7 @@ def main() -> None:
         "provenance": provenance(args.data, args.run_name),
     }
     pairs, modifications = pd.read_parquet(args.pairs), pd.read_parquet(args.modifications)
+    scores = pd.read_parquet(args.scores)
     if args.dataset == "facap":
         if not (args.sources and args.leakage and args.leakage_action):
             parser.error("facap needs --sources, --leakage and --leakage-action")
@@ -62,6 +66,7 @@ def main() -> None:
             pairs,
             pd.read_parquet(args.captions),
             modifications,
+            scores,
             json.loads(args.sources),
             args.out,
             card,
@@ -69,7 +74,7 @@ def main() -> None:
             args.leakage_action,
         )
     else:
-        card = assemble_enhfashioniq(pairs, modifications, args.fashioniq_root, args.out, card)
+        card = assemble_enhfashioniq(pairs, modifications, scores, args.fashioniq_root, args.out, card)
     logging.getLogger("assemble_datasets").info("%s: %d triplets", args.dataset, card["triplets"])
 
 

@@ -30,6 +30,7 @@ from fashionblip2.workflow_cli import (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--facap", required=True, help="the FACap folder")
+    parser.add_argument("--facap-filtered", help="the filtered FACap folder (facap.filters), for its rows")
     parser.add_argument("--fashioniq-root", required=True, help="the FashionIQ folder (its train captions)")
     add_provenance_arguments(parser)
     add_table_arguments(parser)
@@ -37,7 +38,8 @@ def main() -> None:
     setup_logging()
     origin = f"this run ({args.data} data)"
     fiq = read_fashioniq_triplets(args.fashioniq_root, InputReport(), splits=["train"])
-    frame = table1(facap_rows(args.facap, origin) + [fashioniq_row(fiq, origin)])
+    filtered = facap_rows(args.facap_filtered, origin, "filtered") if args.facap_filtered else []
+    frame = table1(facap_rows(args.facap, origin) + filtered + [fashioniq_row(fiq, origin)])
     p = provenance(args.data, args.run_name)
     write_table(
         frame,

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fashionblip2.annotation.lexicon import find_attributes
+from fashionblip2.annotation.lexicon import LEXICON, find_attributes
+from fashionblip2.annotation.planted_errors import PlantedErrors, planted_kind, value_draw
 from fashionblip2.common.colours import NAMED_COLOURS
 from fashionblip2.common.images import load_rgb
 from fashionblip2.common.issues import BadInputError
@@ -171,22 +172,54 @@ def _phrase(attr: str, ref: str | None, tgt: str) -> str:
 
 
 class RulesDiffer:
-    """Offline differ: compares the two captions attribute by attribute and names the differences."""
+    """Offline differ: compares the two captions attribute by attribute and names the differences.
+    With ``planted`` error rates, a seeded share of its texts is wrong on purpose (see
+    :mod:`.planted_errors`); the rates enter its model name, so cached answers never mix."""
 
     name = "rules"
-    model = "lexicon-v3"  # bump when the code changes: cached answers are keyed by it
     ORDER = ("colour", "pattern", "length", "sleeve", "neckline", "fit", "fabric")
+
+    def __init__(self, planted: PlantedErrors | None = None):
+        self.planted = planted if planted is not None and planted.active else None
+        # bump the version when the code changes: cached answers are keyed by the model name
+        self.model = "lexicon-v3" + (f"+{self.planted.tag}" if self.planted else "")
+
+    def _body(self, ref: dict[str, str], tgt: dict[str, str]) -> list[str]:
+        return [_phrase(a, ref.get(a), tgt[a]) for a in self.ORDER if a in tgt and tgt[a] != ref.get(a)]
+
+    def answer(self, reference_caption: str, target_caption: str, category: str) -> tuple[str | None, str, str]:
+        """(text or None, why not, the planted error applied or ""): the text of one pair."""
+        ref, tgt = find_attributes(reference_caption), find_attributes(target_caption)
+        phrases = self._body(ref, tgt)
+        if not phrases:
+            return None, "no attribute difference between the two captions", ""
+        kind = planted_kind(self.planted, reference_caption, target_caption)
+        if kind == "hallucination":
+            attribute = next((a for a in self.ORDER if a in tgt and tgt[a] != ref.get(a)), "colour")
+            values = [v for v in LEXICON[attribute] if v not in (tgt[attribute], ref.get(attribute))]
+            if values:
+                wrong = values[value_draw(self.planted, reference_caption, target_caption, len(values))]
+                phrases[0] = _phrase(attribute, ref.get(attribute), wrong)
+            else:
+                kind = ""
+        elif kind == "wrong_direction":
+            backwards = self._body(tgt, ref)
+            if backwards:
+                phrases = backwards
+            else:
+                kind = ""
+        elif kind == "target_only":
+            return target_caption.split(".")[0].strip() + ".", "", kind
+        garment = tgt.get("garment", category or "garment")
+        body = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+        return f"The {garment} {body}.", "", kind
 
     def generate(self, requests: list[Request], on_result: OnResult) -> None:
         for i, r in enumerate(requests):
-            ref, tgt = find_attributes(r.extra["reference_caption"]), find_attributes(r.extra["target_caption"])
-            phrases = [_phrase(a, ref.get(a), tgt[a]) for a in self.ORDER if a in tgt and tgt[a] != ref.get(a)]
-            if not phrases:
-                on_result(i, None, "no attribute difference between the two captions")
-                continue
-            garment = tgt.get("garment", r.extra.get("category", "garment"))
-            body = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-            on_result(i, f"The {garment} {body}.", None)
+            text, error, _ = self.answer(
+                r.extra["reference_caption"], r.extra["target_caption"], r.extra.get("category", "garment")
+            )
+            on_result(i, text, error or None)
 
 
 # --- Hugging Face transformers VLM -----------------------------------------------------------------

@@ -12,6 +12,7 @@ from fashionblip2.annotation.backends import MetadataCaptioner, Request, RulesDi
 from fashionblip2.annotation.cache import ResultCache, file_digest
 from fashionblip2.annotation.openai_batch import OpenAIBatch
 from fashionblip2.annotation.openai_chat import APISettings, OpenAIChat
+from fashionblip2.annotation.planted_errors import PlantedErrors
 from fashionblip2.annotation.pricing import is_paid
 from fashionblip2.annotation.prompts import PromptTemplate
 from fashionblip2.annotation.runner import CAPTION_FAILED, Outcome, annotate
@@ -37,7 +38,8 @@ def make_backend(stage: str, settings: dict[str, Any], *, batch_state: str | Non
     if name == "metadata":
         return MetadataCaptioner()
     if name == "rules":
-        return RulesDiffer()
+        planted = settings.get("planted_errors")  # absent from a caption section
+        return RulesDiffer(PlantedErrors(**planted) if planted else None)
     if name == "transformers":
         return TransformersCaptioner(
             settings["model_path"],

@@ -50,7 +50,9 @@ def table1_row(
     )
 
 
-def facap_rows(facap_dir: str | os.PathLike[str], origin: str) -> list[dict[str, Any]]:
+def facap_rows(facap_dir: str | os.PathLike[str], origin: str, qualifier: str = "") -> list[dict[str, Any]]:
+    """FACap's two rows; ``qualifier`` tells a filtered FACap from the one before ("filtered")."""
+    extra = f", {qualifier}" if qualifier else ""
     import json
 
     root = Path(facap_dir)
@@ -62,8 +64,10 @@ def facap_rows(facap_dir: str | os.PathLike[str], origin: str) -> list[dict[str,
     for f in sorted(root.glob("image_captions/*_train_captions.json")):
         captions.update(json.loads(f.read_text()))
     return [
-        table1_row("FACap (mod. texts)", origin, len(images), "Auto", "<ref img, mod txt, tgt img>", triplets),
-        table1_row("FACap (captions)", origin, len(captions), "Auto", "<img, caption>", list(captions.values())),
+        table1_row(f"FACap (mod. texts{extra})", origin, len(images), "Auto", "<ref img, mod txt, tgt img>", triplets),
+        table1_row(
+            f"FACap (captions{extra})", origin, len(captions), "Auto", "<img, caption>", list(captions.values())
+        ),
     ]
 
 

@@ -282,6 +282,36 @@ class GroupResult:
     paired: int
 
 
+def group_neighbours(
+    images: pd.DataFrame, vectors: np.ndarray, *, top_k: int, engine: str, block: int, progress: bool = True
+) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per (source, category) group: the manifest rows, their order by image id, the ids in that order
+    and :func:`other_item_neighbours` of them (the shortlists pairing draws from, and that the
+    triplet scores rank the target in)."""
+    groups = list(images.groupby(["source", "category"], sort=True).indices.items())
+    for (source, category), rows in tqdm(groups, desc="pairing groups", unit="group", disable=not progress):
+        rows = np.sort(rows)
+        # Work in image-id order, so that index order (the tie-break and the order the draw walks
+        # the top-k in) does not depend on the manifest's row order either.
+        by_id = np.argsort(images["image_id"].to_numpy()[rows], kind="stable")
+        sub = images.iloc[rows[by_id]]
+        sims, idx, counts = other_item_neighbours(vectors[rows[by_id]], sub["item_id"].to_numpy(), top_k, engine, block)
+        yield str(source), str(category), rows, by_id, sub["image_id"].to_numpy(), sims, idx, counts
+
+
+def shortlists(
+    images: pd.DataFrame, vectors: np.ndarray, *, top_k: int, engine: str, block: int
+) -> dict[str, list[str]]:
+    """image id -> the ids of its top-``top_k`` other-item neighbours in its group, most similar first."""
+    out: dict[str, list[str]] = {}
+    for *_, ids, _sims, idx, _counts in group_neighbours(
+        images, vectors, top_k=top_k, engine=engine, block=block, progress=False
+    ):
+        for i, row in enumerate(idx):
+            out[str(ids[i])] = [str(ids[j]) for j in row if j >= 0]
+    return out
+
+
 def pair_groups(
     images: pd.DataFrame,
     vectors: np.ndarray,
@@ -301,15 +331,9 @@ def pair_groups(
     place in its reference's top-k by similarity (0: the most similar).
     """
     frames, results = [], []
-    groups = list(images.groupby(["source", "category"], sort=True).indices.items())
-    for (source, category), rows in tqdm(groups, desc="pairing groups", unit="group", disable=not progress):
-        rows = np.sort(rows)
-        # Work in image-id order, so that index order (the tie-break and the order the draw walks
-        # the top-k in) does not depend on the manifest's row order either.
-        by_id = np.argsort(images["image_id"].to_numpy()[rows], kind="stable")
-        sub = images.iloc[rows[by_id]]
-        sims, idx, counts = other_item_neighbours(vectors[rows[by_id]], sub["item_id"].to_numpy(), top_k, engine, block)
-        ids = sub["image_id"].to_numpy()
+    for source, category, rows, by_id, ids, sims, idx, counts in group_neighbours(
+        images, vectors, top_k=top_k, engine=engine, block=block, progress=progress
+    ):
         # Rows with a partner, in the manifest's order as before.
         has = np.nonzero(counts > 0)[0]
         has = has[np.argsort(by_id[has], kind="stable")]
