@@ -221,6 +221,17 @@ def fraction_variant(base: str, fraction: float) -> str:
     return base if fraction == 1 else f"{base}_facap{round(100 * fraction)}"
 
 
+def facap_filters(facap: dict[str, Any]) -> dict[str, float]:
+    """facap.filters (a list of {score, min}) as score -> the least value kept; a score listed twice
+    is a mistake, not a second threshold."""
+    filters: dict[str, float] = {}
+    for entry in facap["filters"]:
+        if entry["score"] in filters:
+            raise ValueError(f"facap.filters lists {entry['score']!r} twice")
+        filters[entry["score"]] = float(entry["min"])
+    return filters
+
+
 def unfiltered_variant(base: str) -> str:
     """Table 6's comparison: the variant trained on the unfiltered FACap."""
     return f"{base}_unfiltered"

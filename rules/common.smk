@@ -357,8 +357,8 @@ def planted_errors():
 
 
 def facap_filters():
-    """facap.filters: score -> the least value kept ({}: FACap is not filtered)."""
-    return config["facap"]["filters"]
+    """facap.filters as score -> the least value kept ({}: FACap is not filtered)."""
+    return cfg.facap_filters(config["facap"])
 
 
 def training_facap(wildcards):

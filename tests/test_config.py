@@ -162,7 +162,9 @@ def test_an_undeclared_or_impossible_variant_is_refused(config, edit, message):
 # its work at `throughput`; the local-model keys of the shared annotation section mean nothing to
 # the modification stage.
 OPTIONAL_KEYS = {"cpus_per_task", "slurm_partition", "gpu", "threads"}
-COMPUTED_RUNTIMES = {"embed", "caption", "pretrain", "train_stage1", "train_stage2", "evaluate", "search_index"}
+COMPUTED_RUNTIMES = {
+    "embed", "caption", "pretrain", "train_stage1", "train_stage2", "evaluate", "search_index", "triplet_scores",
+}  # fmt: skip
 CAPTION_ONLY = {"model_path", "batch_size", "device"}
 
 

@@ -16,10 +16,11 @@ import yaml
 from snakemake.utils import validate
 
 from fashionblip2.config import runtime_minutes
+from fashionblip2.datasets.scores import SCORES
 from tests.conftest import REPO, python_first_env, snakemake, source_settings
 
 # Rules allowed to read the synthetic world's ground truth (evaluation only).
-GROUND_TRUTH_READERS: set[str] = {"auto_annotate", "leakage_report"}
+GROUND_TRUTH_READERS: set[str] = {"auto_annotate", "leakage_report", "score_validity"}
 
 
 @pytest.mark.e2e
@@ -57,16 +58,37 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
     triplet_files = sorted(facap.glob("cir_triplets/*_train_triplets.json"))
     assert triplet_files and sorted(facap.glob("image_captions/*_train_captions.json"))
     rows = [r for f in triplet_files for r in json.loads(f.read_text())]
-    assert rows and all(set(r) == {"candidate", "target", "captions"} and len(r["captions"]) == 1 for r in rows)
+    assert rows and all(set(r) == {"candidate", "target", "captions", "scores"} for r in rows)
+    assert all(len(r["captions"]) == 1 for r in rows)
+    assert all(set(r["scores"]) == set(SCORES) for r in rows)
     card = json.loads((facap / "data_card.json").read_text())
+    assert set(card["scores"]) == set(SCORES) and all(card["scores"][s]["definition"] for s in SCORES)
+    assert len(pd.read_parquet(facap / "triplets.parquet")) == len(rows)
     assert card["triplets"] == len(rows) and card["caption_backend"]["backend"] == "metadata"
     enh = workflow_copy / "data/enhfashioniq"
     for cat in ("dress", "shirt", "toptee"):
         enh_rows = json.loads((enh / f"captions/cap.{cat}.val.json").read_text())
-        assert all(set(r) == {"candidate", "target", "captions"} for r in enh_rows)
+        assert all(set(r) == {"candidate", "target", "captions", "scores"} for r in enh_rows)
         assert (enh / f"image_splits/split.{cat}.val.json").exists()
     table1 = (workflow_copy / "results/tables/table1.md").read_text()
     assert "reported by the paper" in table1 and "this run (synthetic data)" in table1 and "Tokenisation" in table1
+
+    # The triplet scores (issue 22): every triplet scored, FACap filtered by facap.filters (Table 1 has
+    # both), the filter report, the scores measured against the planted errors, and Table 6.
+    scores = pd.read_parquet(workflow_copy / "data/scores/triplets.parquet")
+    assert set(scores["dataset"]) == {"facap", "enhfashioniq"} and scores[list(SCORES)].notna().all().all()
+    filtered = json.loads((workflow_copy / "data/facap_filtered/data_card.json").read_text())
+    assert filtered["filters"] == {"grounding": {"keep_at_least": 0.5}, "form": {"keep_at_least": 1.0}}
+    assert filtered["triplets"] + filtered["triplets_removed_by_filters"] == card["triplets"]
+    assert "FACap (mod. texts, filtered)" in table1
+    assert "triplets removed" in (workflow_copy / "results/scores/filters.md").read_text()
+    validity = pd.read_csv(workflow_copy / "results/scores/validity.csv")
+    assert set(validity["score"]) == set(SCORES) and "planted" in set(validity["label"])
+    assert (workflow_copy / "results/scores/flagged.png").stat().st_size > 1000
+    table6 = (workflow_copy / "results/tables/table6.md").read_text()
+    assert "cir_mh_unfiltered" in table6 and "filtered minus unfiltered" in table6
+    unfiltered = json.loads((workflow_copy / "models/stage1/cir_mh_unfiltered/training.json").read_text())
+    assert unfiltered["data"]["facap_triplets"] == card["triplets"] > filtered["triplets"]
 
     # The leakage check: the planted copies found, the leaked images gone from FACap (leakage.action:
     # drop), and the data card states the paper's claim as checked, with its numbers. The tiny world's
@@ -168,6 +190,11 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
         "table3.md",
         "table4.md",
         "table5.md",
+        "table6.md",
+        "validity.md",
+        "filters.md",
+        "distributions.png",
+        "flagged.png",
         "figure5.png",
         "figure6.png",
         "Figure 5: recall",
@@ -272,9 +299,11 @@ def planned_jobs(workdir, overlay: dict, files: dict | None = None) -> dict[str,
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, flags=re.M) if m[1] != "all"}
 
 
-DOWNSTREAM_OF_FACAP = {"tokenizer", "pretrain", "train_stage1", "train_stage2", "evaluate", "figure5", "figure6",
-                       "search_index", "table", "table1", "facap", "enhfashioniq", "quality_sample", "quality_kit",
-                       "auto_annotate", "table2", "leakage_report"}  # fmt: skip
+DOWNSTREAM_OF_FACAP = {"facap", "facap_filtered", "train_stage1", "train_stage2", "evaluate", "figure5", "figure6",
+                       "search_index", "table", "table1", "quality_sample", "quality_kit", "auto_annotate", "table2",
+                       "leakage_report", "score_validity"}  # fmt: skip
+# The texts reach FACap through the tokenizer, the backbone and the scores (FACap's rows carry them).
+DOWNSTREAM_OF_TEXTS = DOWNSTREAM_OF_FACAP | {"tokenizer", "pretrain", "triplet_scores", "enhfashioniq", "score_figures"}
 
 
 def check_minimal_reruns(workdir) -> None:
@@ -312,7 +341,15 @@ def check_minimal_reruns(workdir) -> None:
     # no annotation) and not enhFashionIQ.
     for overlay in ({"leakage": {"hash_max_distance": 2}}, {"leakage": {"action": "report"}}):
         jobs = planned_jobs(workdir, overlay)
-        assert set(jobs) == {"leakage"} | DOWNSTREAM_OF_FACAP - {"enhfashioniq"}, (overlay, jobs)
+        assert set(jobs) == {"leakage"} | DOWNSTREAM_OF_FACAP, (overlay, jobs)
+    # A filter threshold: from the filter onward (the filtered variants' chains), nothing upstream of it:
+    # not the scores, not FACap, not Table 6's unfiltered twin.
+    jobs = planned_jobs(workdir, {"facap": {"filters": [{"score": "grounding", "min": 0.9}]}})
+    assert jobs["facap_filtered"] == 1 and jobs["train_stage1"] == 5, jobs
+    assert not set(jobs) & {"triplet_scores", "facap", "pretrain", "enhfashioniq", "leakage"}, jobs
+    # A flag threshold of the scores: the validity table and the figures only.
+    thresholds = {"caption_faithfulness": -1.0, "grounding": 0.5, "discriminative": 0.25, "form": 1.0}
+    assert planned_jobs(workdir, {"scores": {"thresholds": thresholds}}) == {"score_validity": 1, "score_figures": 1}
     # The intervals' draws: the tables and Figure 5, no model.
     assert planned_jobs(workdir, {"evaluation": {"bootstrap": {"samples": 500, "seed": 0}}}) == {
         "table": 3, "figure5": 1,
@@ -325,10 +362,10 @@ def check_minimal_reruns(workdir) -> None:
     # The modification prompt: modifications onward, no caption.
     prompt = (workdir / "prompts/modification.yaml").read_text() + "# edited\n"
     jobs = planned_jobs(workdir, {"annotation": {"modification": {"prompt": "edited.yaml"}}}, {"edited.yaml": prompt})
-    assert set(jobs) == {"modification", "gather_modifications"} | DOWNSTREAM_OF_FACAP, jobs
+    assert set(jobs) == {"modification", "gather_modifications"} | DOWNSTREAM_OF_TEXTS, jobs
     # The captioner's model: captions onward.
     jobs = planned_jobs(workdir, {"annotation": {"caption": {"backend": "openai", "model": "a-vlm"}}})
-    assert set(jobs) == {"caption", "gather_captions", "modification", "gather_modifications"} | DOWNSTREAM_OF_FACAP
+    assert set(jobs) == {"caption", "gather_captions", "modification", "gather_modifications"} | DOWNSTREAM_OF_TEXTS
     # A source root: everything from the manifest (the world it was copied from is not remade).
     shutil.copytree(workdir / "data/synthetic/world/fashioniq", workdir / "fashioniq_copy")
     jobs = planned_jobs(workdir, {"sources": {"fashioniq": {"root": "fashioniq_copy"}}})

@@ -20,7 +20,7 @@ import pandas as pd
 
 from fashionblip2.common.io import atomic_directory, dumps_json
 from fashionblip2.datasets.leakage import drop_leaked
-from fashionblip2.quality.triplet_scores import score_card, score_columns
+from fashionblip2.datasets.scores import score_card, score_columns
 
 RELEASED_TABLE = "triplets.parquet"  # every triplet with its captions and scores, in one table
 

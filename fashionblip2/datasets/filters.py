@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from fashionblip2.datasets.assembly import read_released, write_facap
-from fashionblip2.quality.triplet_scores import score_card, score_columns
+from fashionblip2.datasets.scores import score_card, score_columns
 
 
 def failing(triplets: pd.DataFrame, filters: dict[str, float]) -> pd.DataFrame:

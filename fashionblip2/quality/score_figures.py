@@ -8,7 +8,7 @@ import os
 import pandas as pd
 
 from fashionblip2.common.io import atomic_path
-from fashionblip2.quality.triplet_scores import score_columns
+from fashionblip2.datasets.scores import score_columns
 from fashionblip2.results.figures import SheetRow, contact_sheet
 
 

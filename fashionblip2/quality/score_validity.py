@@ -54,7 +54,9 @@ from fashionblip2.common.issues import BadInputError
 from fashionblip2.quality.automatic import Claim, holds, is_difference, read_claims, truth_by_image
 from fashionblip2.quality.table2 import CRITERIA
 
-LABELS = ("wrong", "wrong_modification", "wrong_caption")
+# "planted": the errors the offline differ made on purpose (what a modification score must find);
+# the others also count the errors the captions passed on, which only the truth can see.
+LABELS = ("wrong", "wrong_modification", "wrong_caption", "planted")
 KEYS = ("reference_id", "target_id")
 TRIPLET_COLUMNS = (*KEYS, "category", "text", "reference_caption", "target_caption")
 LABEL_COLUMNS = [
@@ -68,6 +70,7 @@ LABEL_COLUMNS = [
     "wrong_modification",
     "wrong_caption",
     "wrong",
+    "planted",
 ]
 VALIDITY_COLUMNS = [
     "score",
@@ -184,6 +187,7 @@ def truth_labels(
                 "wrong_modification": wrong_modification,
                 "wrong_caption": wrong_caption,
                 "wrong": wrong_modification or wrong_caption,
+                "planted": kind != "",
             }
         )
     labels = pd.DataFrame(rows, columns=LABEL_COLUMNS)

@@ -151,6 +151,9 @@ class Variant:
     # A FACap subset trains for as many "epochs" as the full set (steps scaled by the fraction, as
     # "increasing subsets" implies), or for as many "steps" (the subset is seen more often).
     fraction_budget: str
+    # Stage 1 on the filtered FACap (when facap.filters is set); false for Table 6's unfiltered twins.
+    # The workflow hands the right folder to the trainer; this records which one it was.
+    facap_filtered: bool
     label: str
 
     @classmethod

@@ -235,7 +235,7 @@ def test_every_score_column_given_is_measured_and_a_missing_score_is_left_out():
     scores, labels = scored([0.1, 0.9, 0.2, 0.8], [True, False, True, False])
     scores["other"] = [np.nan, 0.1, 0.5, 0.6]
     table = validity_table(scores, labels, ["s", "other"], {"s": 0.5, "other": 0.3}, 50, 0)
-    assert table[["score", "label"]].value_counts().size == 6
+    assert table[["score", "label"]].value_counts().size == 2 * len(LABELS)
     assert table.set_index(["score", "label"]).loc[("other", "wrong"), "n"] == 3
     with pytest.raises(ScoreValidityError, match="no threshold for score column"):
         validity_table(scores, labels, ["s", "other"], {"s": 0.5}, 50, 0)
@@ -342,7 +342,7 @@ def test_the_script_end_to_end(tmp_path, world):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(out / "validity.csv")
-    assert len(table) == 6 and set(table["score"]) == {"grounding", "form"}
+    assert len(table) == 2 * len(LABELS) and set(table["score"]) == {"grounding", "form"}
     grounding = table.set_index(["score", "label"]).loc[("grounding", "wrong_modification")]
     assert grounding["auc"] == 1.0 and grounding["positives"] == 2
     labels = pd.read_parquet(out / "labels.parquet")
