@@ -320,13 +320,15 @@ def check_minimal_reruns(workdir) -> None:
         {"annotation": {"caption": {"concurrency": 3, "timeout_s": 9, "max_failed_fraction": 0.5}}},
     ):
         assert planned_jobs(workdir, overlay) == {}, overlay
-    # Stage 2's learning rate: the six stage-2 runs and what reads them, nothing upstream.
+    # Stage 2's learning rate: the seven stage-2 runs (Table 6's unfiltered twin included) and what
+    # reads them, nothing upstream.
     assert planned_jobs(workdir, {"training": {"stage2": {**stage2, "lr": 3e-4}}}) == {
-        "train_stage2": 6, "evaluate": 6, "table": 3, "figure6": 1, "search_index": 1,
+        "train_stage2": 7, "evaluate": 7, "table": 4, "figure6": 1, "search_index": 1,
     }  # fmt: skip
-    # Stage 1's: the five stage-1 runs (Figure 5's half included), then stage 2 of the four that have one.
+    # Stage 1's: the six stage-1 runs (Figure 5's half and Table 6's twin included), then stage 2 of
+    # the five that have one.
     jobs = planned_jobs(workdir, {"training": {"stage1": {**stage1, "lr": 1e-4}}})
-    assert jobs["train_stage1"] == 5 and jobs["train_stage2"] == 4 and "pretrain" not in jobs, jobs
+    assert jobs["train_stage1"] == 6 and jobs["train_stage2"] == 5 and "pretrain" not in jobs, jobs
     # One variant: its own chain, and the one table that shows it.
     cir_global = {"losses": ["cir", "ctr"], "adapters": True, "matching": "global", "label": "+ adapters"}
     assert planned_jobs(workdir, {"experiments": {"variants": {"cir_global": cir_global}}}) == {
@@ -334,7 +336,7 @@ def check_minimal_reruns(workdir) -> None:
     }  # fmt: skip
     # The multi-head similarity scale: the multi-head variants only (global matching has one head).
     assert planned_jobs(workdir, {"model": {"similarity_scale": "sum"}}) == {
-        "train_stage1": 3, "train_stage2": 3, "evaluate": 6, "table": 3, "figure5": 1, "figure6": 1,
+        "train_stage1": 4, "train_stage2": 4, "evaluate": 8, "table": 4, "figure5": 1, "figure6": 1,
         "search_index": 1,
     }  # fmt: skip
     # A leakage threshold or action: the check and everything after FACap, nothing upstream (no embedding,
@@ -352,7 +354,7 @@ def check_minimal_reruns(workdir) -> None:
     assert planned_jobs(workdir, {"scores": {"thresholds": thresholds}}) == {"score_validity": 1, "score_figures": 1}
     # The intervals' draws: the tables and Figure 5, no model.
     assert planned_jobs(workdir, {"evaluation": {"bootstrap": {"samples": 500, "seed": 0}}}) == {
-        "table": 3, "figure5": 1,
+        "table": 4, "figure5": 1,
     }  # fmt: skip
     # Figure 5's budget: its one subset's chain.
     figure5 = {**test["experiments"]["figure5"], "budget": "steps"}
