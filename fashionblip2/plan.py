@@ -91,6 +91,9 @@ def evaluated_models(config: dict[str, Any]) -> set[tuple[str, str]]:
     models |= {(s, v) for s in ("stage1", "stage2") for v in ex["table5"]}
     models |= {("stage1", name) for _, name in cfg.figure5_variants(ex)}
     models.add((ex["figure6"]["stage"], ex["figure6"]["variant"]))
+    if cfg.facap_filters(config["facap"]):  # Table 6: each listed variant and its unfiltered twin
+        twins = [n for v in ex["table6"]["variants"] for n in (v, cfg.unfiltered_variant(v))]
+        models |= {(s, n) for s in ("stage1", "stage2") for n in twins}
     return models
 
 
@@ -114,6 +117,7 @@ def rule_jobs(config: dict[str, Any]) -> dict[str, int]:
     shards, annotation_shards = config["embedding"]["shards"], config["annotation"]["shards"]
     automatic = not config["quality"]["annotations"]
     trained = trained_models(config)
+    filtered = bool(cfg.facap_filters(config["facap"]))
     jobs = {
         "synthetic_world": int(synthetic(config)),
         "download": sum(1 for s in enabled.values() if s.get("root") == "download"),
@@ -128,7 +132,11 @@ def rule_jobs(config: dict[str, Any]) -> dict[str, int]:
         "embed_heldout": int(bool(cfg.heldout_splits(config))),
         "leakage": 1,
         "leakage_report": 1,
+        "triplet_scores": 1,
         "facap": 1,
+        "facap_filtered": int(filtered),
+        "score_validity": int(synthetic(config)),
+        "score_figures": 1,
         "enhfashioniq": 1,
         "table1": 1,
         "quality_sample": 1,
@@ -142,7 +150,7 @@ def rule_jobs(config: dict[str, Any]) -> dict[str, int]:
         "train_stage2": len(trained["stage2"]),
         "evaluate": len(evaluated_models(config)),
         "search_index": 1,
-        "table": 3,
+        "table": 3 + int(filtered),
         "figure5": 1,
         "figure6": 1,
         "all": 1,
@@ -176,7 +184,7 @@ def job_work_seconds(config: dict[str, Any], counts: Counts, rule: str, jobs: in
         return [counts.caption_images / jobs / speed["caption_images_per_s"]] * jobs
     if rule == "pilot_caption":
         return [pilot_images / speed["caption_images_per_s"]]
-    if rule in ("evaluate", "search_index"):
+    if rule in ("evaluate", "search_index", "triplet_scores"):
         return [counts.images / speed["inference_images_per_s"]] * jobs
     if rule == "pretrain":
         return [config["training"]["pretrain"]["steps"] * speed["train_s_per_step"]["pretrain"]]

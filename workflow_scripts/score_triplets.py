@@ -10,7 +10,7 @@ Example:
         --manifest data/manifest/images.parquet --embeddings data/embeddings/images.npz \\
         --backbone models/backbone --tokenizer models/tokenizer --max-text-length 64 \\
         --settings '{"reference_images": 256, "seed": 0, "min_words": 3, "max_words": 60, "top_k": 20,
-                     "engine": "blocked", "block": 8192}' --device auto --batch-size 64 \\
+                     "engine": "blocked", "block": 8192}' --device auto --batch-size 64 --threads 2 \\
         --out data/scores/triplets.parquet
 """
 
@@ -52,7 +52,7 @@ def main() -> None:
     )
     parser.add_argument("--device", required=True, help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", required=True, type=int)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", required=True, type=int, help="CPU threads (the job's)")
     parser.add_argument("--out", required=True, help="the scores (Parquet)")
     args = parser.parse_args()
     setup_logging()
