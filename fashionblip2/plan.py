@@ -135,7 +135,7 @@ def rule_jobs(config: dict[str, Any]) -> dict[str, int]:
         "triplet_scores": 1,
         "facap": 1,
         "facap_filtered": int(filtered),
-        "score_validity": int(synthetic(config)),
+        "score_validity": int(synthetic(config) or not automatic),
         "score_figures": 1,
         "enhfashioniq": 1,
         "table1": 1,

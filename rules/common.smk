@@ -370,11 +370,12 @@ def training_facap(wildcards):
 
 def score_targets():
     """The scores' outputs `all` builds: the filter report and Table 6 when filters are set; the
-    validity table when the ground truth exists (the synthetic world)."""
+    validity report when there is something to measure the scores against: the ground truth (the
+    synthetic world) or people's ratings (quality.annotations)."""
     targets = [SCORE_FIGURES["distributions"], SCORE_FIGURES["flagged"]]
     if facap_filters():
         targets += [FILTER_REPORT, TABLES[6]]
-    if uses_synthetic_world():
+    if uses_synthetic_world() or config["quality"]["annotations"]:
         targets.append(SCORE_VALIDITY_FILES["md"])
     return targets
 

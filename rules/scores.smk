@@ -57,12 +57,12 @@ rule facap_filtered:
         " --out {output.facap} --report {output.report} 2> {log}"
 
 
-# An evaluation rule: it may read the synthetic world's ground truth.
+# An evaluation rule: it may read the synthetic world's ground truth (on real data: people's ratings only).
 rule score_validity:
     input:
         scores=TRIPLET_SCORES,
         manifest=MANIFEST,
-        truth=GROUND_TRUTH,
+        truth=GROUND_TRUTH if uses_synthetic_world() else [],
         sample=QUALITY_SAMPLE,
         ratings=lambda wildcards: quality_annotations(),
     output:
@@ -76,6 +76,7 @@ rule score_validity:
     resources:
         **cluster_resources("score_validity"),
     params:
+        truth=f"--ground-truth {GROUND_TRUTH}" if uses_synthetic_world() else "",
         planted=as_json(planted_errors()),
         backend=config["annotation"]["modification"]["backend"],
         columns=as_json(SCORE_NAMES),
@@ -85,7 +86,7 @@ rule score_validity:
         provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/score_validity.py --scores {input.scores} --manifest {input.manifest}"
-        " --ground-truth {input.truth} --planted-errors {params.planted:q} --modification-backend {params.backend}"
+        " {params.truth} --planted-errors {params.planted:q} --modification-backend {params.backend}"
         " --score-columns {params.columns:q} --thresholds {params.thresholds:q}"
         " --items {input.sample} --ratings {input.ratings} --samples {params.samples} --seed {params.seed}"
         " {params.provenance} --out-md {output.md} --out-csv {output.csv} --out-labels {output.labels} 2> {log}"

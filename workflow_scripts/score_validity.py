@@ -31,7 +31,10 @@ from fashionblip2.annotation.planted_errors import PlantedErrors  # noqa: E402
 from fashionblip2.common.io import write_parquet_atomic, write_text_atomic  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.quality.score_validity import (  # noqa: E402
+    LABEL_COLUMNS,
+    VALIDITY_COLUMNS,
     rating_correlations,
+    ratings_markdown,
     to_markdown,
     truth_labels,
     validity_table,
@@ -58,7 +61,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scores", required=True, help="the triplet scores (Parquet, one row per triplet)")
     parser.add_argument("--manifest", required=True, help="the image manifest (Parquet)")
-    parser.add_argument("--ground-truth", required=True, help="the synthetic world's ground truth (Parquet)")
+    parser.add_argument(
+        "--ground-truth",
+        help="the synthetic world's ground truth (Parquet); without it (real data) only the ratings are compared",
+    )
     parser.add_argument(
         "--planted-errors",
         required=True,
@@ -91,11 +97,9 @@ def main() -> None:
     if not isinstance(score_columns, list) or not isinstance(thresholds, dict):
         parser.error("--score-columns must be a JSON list and --thresholds a JSON map")
 
+    if not args.ground_truth and not args.items:
+        parser.error("without --ground-truth (real data) give --items and --ratings: nothing to measure against")
     scores = pd.read_parquet(args.scores)
-    labels = truth_labels(
-        scores, pd.read_parquet(args.ground_truth), pd.read_parquet(args.manifest), planted, args.modification_backend
-    )
-    validity = validity_table(scores, labels, score_columns, thresholds, args.samples, args.seed)
     correlations = None
     if args.items:
         items = read_items(args.items)
@@ -107,6 +111,16 @@ def main() -> None:
         f"(fashionblip2 {p['package_version']}); scores {args.scores}, "
         f"modification backend {args.modification_backend}, planted errors {planted.tag if planted else 'none'}."
     )
+    if not args.ground_truth:
+        # Real data: the labels and the validity table are empty (their files still exist, for the rule).
+        write_parquet_atomic(args.out_labels, pd.DataFrame(columns=LABEL_COLUMNS))
+        write_text_atomic(args.out_csv, pd.DataFrame(columns=VALIDITY_COLUMNS).to_csv(index=False))
+        write_text_atomic(args.out_md, ratings_markdown(correlations, origin, args.samples, args.seed))
+        return
+    labels = truth_labels(
+        scores, pd.read_parquet(args.ground_truth), pd.read_parquet(args.manifest), planted, args.modification_backend
+    )
+    validity = validity_table(scores, labels, score_columns, thresholds, args.samples, args.seed)
     write_parquet_atomic(args.out_labels, labels)
     write_text_atomic(args.out_csv, validity.to_csv(index=False))
     # The report last: it is the rule's report item, so it exists only when the others do.

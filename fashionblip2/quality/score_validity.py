@@ -467,24 +467,44 @@ def to_markdown(
         "- '–': not defined (a label with no positives or no negatives, nothing flagged).",
     ]
     if correlations is not None:
-        without = int(correlations.attrs.get("items_without_score", correlations["items_without_score"].max()))
-        lines += [
-            "",
-            "## Scores against Table 2's ratings",
-            "",
-            "| score | criterion | n | Spearman [95 % CI] |",
-            "|---|---|---|---|",
-            *[
-                f"| {r.score} | {r.criterion} | {r.n} | {_with_interval(r.spearman, r.spearman_low, r.spearman_high)} |"
-                for r in correlations.itertuples(index=False)
-            ],
-            "",
-            "- Spearman's rho between the score and the criterion (1 worst - 5 best) averaged over the annotators, "
-            "on the quality sample's items joined to the scores by their triplet; a positive rho means the score "
-            "agrees with the raters.",
-            f"- 95 % CI: percentile bootstrap, items resampled with replacement {samples} times "
-            f"(numpy default_rng, seed {seed}).",
-            f"- {without} sampled item(s) have no score row (FashionIQ's own triplets are not scored) and are "
-            "left out.",
-        ]
+        lines += ["", *correlation_lines(correlations, samples, seed)]
+    return "\n".join(lines) + "\n"
+
+
+def correlation_lines(correlations: pd.DataFrame, samples: int, seed: int) -> list[str]:
+    """The report's section on the scores against Table 2's ratings (people's, or the automatic
+    annotators' on the synthetic world)."""
+    without = int(correlations.attrs.get("items_without_score", correlations["items_without_score"].max()))
+    out = [
+        "## Scores against Table 2's ratings",
+        "",
+        "| score | criterion | n | Spearman [95 % CI] |",
+        "|---|---|---|---|",
+        *[
+            f"| {r.score} | {r.criterion} | {r.n} | {_with_interval(r.spearman, r.spearman_low, r.spearman_high)} |"
+            for r in correlations.itertuples(index=False)
+        ],
+        "",
+        "- Spearman's rho between the score and the criterion (1 worst - 5 best) averaged over the annotators, "
+        "on the quality sample's items joined to the scores by their triplet; a positive rho means the score "
+        "agrees with the raters.",
+        f"- 95 % CI: percentile bootstrap, items resampled with replacement {samples} times "
+        f"(numpy default_rng, seed {seed}).",
+        f"- {without} sampled item(s) have no score row (FashionIQ's own triplets are not scored) and are left out.",
+    ]
+    return out
+
+
+def ratings_markdown(correlations: pd.DataFrame, provenance: str, samples: int, seed: int) -> str:
+    """The report on real data, where no ground truth exists: the scores against people's ratings."""
+    lines = [
+        "# Triplet scores against people's ratings",
+        "",
+        provenance,
+        "",
+        "Real data: no ground truth, so no AUC; the scores are compared with the ratings of Table 2's sample "
+        "(quality.annotations).",
+        "",
+        *correlation_lines(correlations, samples, seed),
+    ]
     return "\n".join(lines) + "\n"

@@ -358,3 +358,34 @@ def test_the_script_end_to_end(tmp_path, world):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "fashion200k:gone_0" in proc.stderr
     assert list(out.iterdir()) == []
+
+
+def test_on_real_data_the_script_compares_the_scores_with_the_ratings_only(tmp_path, world):
+    """No ground truth (real data): the people's ratings of Table 2's sample are all there is."""
+    _, manifest = world
+    manifest.to_parquet(tmp_path / "manifest.parquet")
+    given = triplets([("a", "b", "The dress is blue."), ("b", "a", "It is red."), ("b", "c", "It has stripes.")])
+    given.assign(grounding=[0.9, 0.1, 0.5]).to_parquet(tmp_path / "scores.parquet")
+    items = given[["reference_id", "target_id", "dataset", "category", "text"]].assign(item_id=["q0", "q1", "q2"])
+    items.to_csv(tmp_path / "items.csv", index=False)
+    pd.DataFrame({"item_id": ["q0", "q1", "q2"], "faithfulness": [5, 1, 3], "details": 2, "saliency": 3}).assign(
+        annotator="person-1"
+    ).to_csv(tmp_path / "person-1.csv", index=False)
+    out = tmp_path / "out"
+    base = [
+        sys.executable, str(REPO / "workflow_scripts/score_validity.py"),
+        "--scores", str(tmp_path / "scores.parquet"), "--manifest", str(tmp_path / "manifest.parquet"),
+        "--planted-errors", "", "--modification-backend", "openai-batch",
+        "--score-columns", '["grounding"]', "--thresholds", '{"grounding": 0.5}',
+        "--samples", "50", "--seed", "0", "--data", "real", "--run-name", "paper",
+        "--out-md", str(out / "validity.md"), "--out-csv", str(out / "validity.csv"),
+        "--out-labels", str(out / "labels.parquet"),
+    ]  # fmt: skip
+    nothing = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert nothing.returncode != 0 and "nothing to measure against" in nothing.stderr
+    ratings = ["--items", str(tmp_path / "items.csv"), "--ratings", str(tmp_path / "person-1.csv")]
+    proc = subprocess.run(base + ratings, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "validity.md").read_text()
+    assert "against people's ratings" in md and "| grounding | faithfulness | 3 | 1.00" in md
+    assert pd.read_csv(out / "validity.csv").empty and pd.read_parquet(out / "labels.parquet").empty
