@@ -1,9 +1,11 @@
-"""Retrieval with a trained FashionBLIP-2: encode a gallery once, encode queries, search by inner
-product (FAISS, exact), and score a query set with the FashionIQ protocol.
+"""Retrieval with a trained FashionBLIP-2: encode a gallery once, encode queries, rank the gallery by
+exact inner product, and score a query set with the FashionIQ protocol.
 
 The multi-head similarity is the inner product of the exported embeddings (see the model), so
-the gallery is encoded once and every query is one exact FAISS search, instead of running the
-model's similarity on each (query, candidate) pair.
+the gallery is encoded once and every query is one exact inner-product ranking, instead of running
+the model's similarity on each (query, candidate) pair. The saved top ids, the target's rank and its
+hits all come from that one ranking (``protocol.rank_gallery``: equal scores in gallery order, as
+SPRC sorts); the search index for the browser and the ``search`` command (``save_index``) is FAISS.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from fashionblip2.datasets.triplets import Triplets
-from fashionblip2.evaluation.protocol import KS, fashioniq_summary, recall_at_k, retrieve
+from fashionblip2.evaluation.protocol import KS, fashioniq_summary, hits_at_k, rank_gallery, recall_at_k
 from fashionblip2.model.processing import ImageStore
 from fashionblip2.model.tokenization import tokenize
 
@@ -59,10 +61,9 @@ def encode_queries(
 
 
 def target_ranks(queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """1-based rank of each query's target in the whole gallery (ties count in the target's favour)."""
-    scores = queries @ gallery.T
-    own = scores[np.arange(len(targets)), targets]
-    return (scores > own[:, None]).sum(axis=1) + 1
+    """1-based rank of each query's target in the whole gallery, by the protocol's one tie rule
+    (equal scores in gallery order: the rank is the target's place in the sorted gallery)."""
+    return rank_gallery(queries, gallery, targets, 0)[1]
 
 
 def evaluate_queries(
@@ -92,9 +93,9 @@ def evaluate_queries(
         )
         g = gallery_vectors[category]
         targets = np.array([position[data.target[i]] for i in scored], dtype=np.int64)
-        top = retrieve(q, g, max(max(ks), TOP_SAVED)) if scored else np.zeros((0, max(ks)), np.int64)
-        recalls = recall_at_k(top, targets, ks) if scored else {f"R@{k}": float("nan") for k in ks}
-        ranks = target_ranks(q, g, targets) if scored else np.zeros(0, np.int64)
+        # One ordering gives the saved ids, the rank and the hits: they cannot disagree on a tie.
+        top, ranks = rank_gallery(q, g, targets, TOP_SAVED)
+        recalls = recall_at_k(ranks, ks) if scored else {f"R@{k}": float("nan") for k in ks}
         per_category[category] = {
             **recalls,
             "queries": len(scored),
@@ -111,8 +112,8 @@ def evaluate_queries(
                     "text": texts[j],
                     "top": [keys[t] for t in top[j, :TOP_SAVED]],
                     "target_rank": int(ranks[j]),
-                    # What R@K counts (FAISS's own top K): the intervals of the tables resample these.
-                    **{f"hit@{k}": bool(targets[j] in top[j, :k]) for k in ks},
+                    # What R@K counts, read from the rank: the intervals of the tables resample these.
+                    **{f"hit@{k}": bool(hits_at_k(ranks[j], k)) for k in ks},
                 }
             )
     summary = fashioniq_summary({c: r for c, r in per_category.items() if r["queries"]}, ks)

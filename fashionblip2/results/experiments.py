@@ -64,11 +64,14 @@ def _write_experiment_table(
     reported_note: str | None = REPORTED_NOTE,
 ) -> None:
     """Tables 3-6 alike: what the table shows, how sure its numbers are, the chance level of our
-    galleries, where our rows and the paper's come from; the paired differences as a section.
+    galleries, where our rows and the paper's come from; the paired differences as a section, their
+    p-values Holm-adjusted over that section (the .csv keeps the numbers; the Markdown prints a p at
+    the permutation test's floor as ``< 1/draws``).
     ``reported_note``: None for a table without reported rows (Table 6), which must not claim any."""
     notes = [
         *about,
         et.interval_note(evals.bootstrap),
+        et.differences_note(evals.bootstrap, len(differences)),
         et.chance_note(evals, *chance_of),
         origin.scale,
         *([reported_note] if reported_note else []),
@@ -176,7 +179,8 @@ def write_figure5(
     differences: str | os.PathLike[str],
 ) -> None:
     """The curve (with its 95 % band), its numbers with their bounds (``csv``) and the paired
-    differences between consecutive fractions (``differences``)."""
+    differences between consecutive fractions (``differences``, Holm-adjusted over its rows, as a
+    table's Differences section)."""
     series, frame = et.fraction_series(evals, names)
     write_text_atomic(differences, as_numbers(et.figure5_comparisons(evals, names)).to_csv(index=False))
     write_text_atomic(csv, as_numbers(frame).to_csv(index=False))

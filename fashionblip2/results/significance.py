@@ -8,6 +8,10 @@ each category on its own) and recomputes every number from the same draw. The dr
 the seed and the category sizes, so two models scored on the same queries get the same draws: the
 difference of their replicates is the paired bootstrap of their difference. The paired permutation
 test flips, per query, which model's hits are which.
+
+A table makes several comparisons at once; :func:`holm` adjusts their p-values together (Holm's
+step-down), so that "significant" holds for the table's whole family of comparisons at 5 %, not
+for each comparison alone.
 """
 
 from __future__ import annotations
@@ -38,15 +42,82 @@ class Interval:
 
 @dataclass(frozen=True)
 class Difference:
-    """``a - b`` on the same queries: the paired bootstrap interval and the permutation p-value."""
+    """``a - b`` on the same queries: the paired bootstrap interval and the permutation p-value
+    (from ``draws`` sign flips; 0 when not known)."""
 
     interval: Interval
     p_value: float
+    draws: int = 0
 
     @property
     def significant(self) -> bool:
-        """The interval excludes 0 (at the level it was computed for)."""
+        """The interval excludes 0 (at the level it was computed for), unadjusted for other comparisons."""
         return self.interval.low > 0 or self.interval.high < 0
+
+    @property
+    def p_at_floor(self) -> bool:
+        """No draw was as extreme as the observed difference: the p-value is the test's smallest."""
+        return self.draws > 0 and at_floor(self.p_value, self.draws)
+
+
+def permutation_floor(draws: int) -> float:
+    """The smallest p-value :func:`permutation_p_value` gives with ``draws`` sign flips: (0 + 1) / (draws + 1)."""
+    return 1 / (draws + 1)
+
+
+def at_floor(p_value: float, draws: int) -> bool:
+    return bool(np.isclose(p_value, permutation_floor(draws), rtol=1e-9, atol=0))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-adjusted p-values, in the order given: the i-th smallest of m is multiplied by m - i + 1
+    (i from 1), each adjusted value is at least the one before it in sorted order (step-down: a
+    comparison is rejected only if every smaller p was), and none exceeds 1."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    adjusted = np.empty(m, dtype=np.float64)
+    adjusted[order] = stepped
+    return adjusted
+
+
+class PValue(float):
+    """A p-value that prints ``< bound`` (with a float format, as the Markdown tables format their
+    numbers) when it is only known to be below ``bound``, and stays the plain number everywhere else
+    (arithmetic, comparisons, the .csv): a permutation p at its floor (``< 1/draws``) printed as
+    0.001 would read as a measured p of 0.001."""
+
+    bound: float | None
+
+    def __new__(cls, value: float, bound: float | None = None) -> PValue:
+        self = super().__new__(cls, value)
+        self.bound = bound
+        return self
+
+    def __format__(self, spec: str) -> str:
+        if self.bound is not None and spec:
+            return f"< {self.bound:.2g}"
+        return super().__format__(spec)
+
+    def __reduce__(self) -> tuple[type[PValue], tuple[float, float | None]]:  # copies keep the bound
+        return (PValue, (float(self), self.bound))
+
+
+def holm_with_bounds(p_values: Sequence[float], draws: int) -> tuple[list[PValue], list[PValue]]:
+    """Raw and Holm-adjusted p-values of one family, each a :class:`PValue`.
+
+    A raw p at the permutation floor is only known to be below 1/draws. Holm is increasing in each
+    p, so replacing those by 1/draws bounds every adjusted p from above: where that bound is larger
+    than the adjusted value, a p at the floor decides it, and it prints as ``< bound``; the number
+    itself stays the Holm p of the raw values."""
+    p = np.asarray(p_values, dtype=np.float64)
+    floored = np.array([draws > 0 and at_floor(x, draws) for x in p], dtype=bool)
+    adjusted = holm(p)
+    bounds = holm(np.where(floored, 1 / max(draws, 1), p))
+    raw = [PValue(x, 1 / draws if f else None) for x, f in zip(p, floored, strict=True)]
+    held = [PValue(a, b if b > a * (1 + 1e-9) else None) for a, b in zip(adjusted, bounds, strict=True)]
+    return raw, held
 
 
 def metric_names(categories: Sequence[str], ks: Sequence[int] = KS) -> list[str]:
@@ -132,11 +203,13 @@ def paired_difference(
     point_a, reps_a = replicates(a, samples, seed, ks)
     point_b, reps_b = replicates(b, samples, seed, ks)
     interval = _interval(point_a[metric] - point_b[metric], reps_a[metric] - reps_b[metric], level)
-    return Difference(interval, permutation_p_value(_per_query_avg(a, ks) - _per_query_avg(b, ks), samples, seed))
+    p = permutation_p_value(_per_query_avg(a, ks) - _per_query_avg(b, ks), samples, seed)
+    return Difference(interval, p, samples)
 
 
 def permutation_p_value(differences: np.ndarray, samples: int = 1000, seed: int = 0) -> float:
-    """Two-sided sign-flip test of ``sum(differences) == 0``; (1 + extreme) / (1 + samples), never 0."""
+    """Two-sided sign-flip test of ``sum(differences) == 0``; (1 + extreme) / (1 + samples), never 0:
+    at least :func:`permutation_floor` (no draw as extreme), and 1.0 when the sum is exactly 0."""
     observed = abs(differences.sum())
     if observed == 0:
         return 1.0

@@ -5,7 +5,8 @@ and Table 6, beyond the paper: stage 1 on the filtered FACap against the unfilte
 Evaluation files: ``<dataset>.json`` and ``<dataset>_rankings.parquet`` as written by
 ``workflow_scripts/evaluate_model.py`` (stage1 = trained on FACap only, "without fine-tuning";
 stage2 = fine-tuned on FashionIQ). Every number we compute comes with its bootstrap 95 % interval
-over queries, and each comparison a table makes, with a paired test (``significance``).
+over queries, and each comparison a table makes, with a paired test (``significance``), its p-value
+adjusted (Holm) over the table's comparisons.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from typing import Any
 import pandas as pd
 
 from fashionblip2.config import unfiltered_variant
-from fashionblip2.results.significance import Difference, Interval, confidence_intervals, paired_difference
+from fashionblip2.results.significance import (
+    Difference,
+    Interval,
+    confidence_intervals,
+    holm_with_bounds,
+    paired_difference,
+)
 
 CATEGORY_NAMES = {"dress": "Dresses", "shirt": "Shirts", "toptee": "Tops&tees"}
 REPORTED = "reported by the paper"
@@ -340,35 +347,76 @@ def table6_comparisons(evals: Evaluations, spec: dict[str, list[str]]) -> pd.Dat
 DATASETS = {"fashioniq": "FIQ", "enhfashioniq": "enhFIQ"}
 
 
+ALPHA = 0.05  # the family-wise error rate of "Significant (95 %)"
+P_FLOOR = "p at floor"  # the .csv's flag: no permutation draw was as extreme (the p is the test's smallest)
+# The Differences columns: the .csv adds the interval bounds; the old names are kept for their readers.
+COMPARISON_COLUMNS = [
+    "Comparison",
+    "Evaluation set",
+    "Avg difference",
+    "p (permutation)",
+    "p (Holm)",
+    P_FLOOR,
+    "Significant (95 %)",
+]
+
+
 def comparisons(
     evals: Evaluations,
     pairs: list[tuple[str, tuple[str, str], tuple[str, str]]],
     datasets: Sequence[str] = tuple(DATASETS),
 ) -> pd.DataFrame:
-    """One row per (comparison, evaluation set): the Avg difference with its paired bootstrap interval,
-    the permutation test's p-value, and whether the interval excludes 0."""
-    rows = []
+    """One row per (comparison, evaluation set): the Avg difference with its paired bootstrap interval
+    (unadjusted), the permutation test's p-value, its Holm-adjusted p over all the rows returned (the
+    family: one table's Differences section, both evaluation sets), whether the raw p is at the
+    test's floor, and "Significant (95 %)": the Holm p is below ``ALPHA``.
+
+    The p columns hold :class:`PValue` numbers: the .csv gets the numbers, the Markdown prints one
+    known only to be below a bound as ``< bound``."""
+    found = []
     for label, (stage_a, a), (stage_b, b) in pairs:
         for dataset in datasets:
-            d = evals.difference((stage_a, a, dataset), (stage_b, b, dataset))
-            rows.append(
-                {
-                    "Comparison": label,
-                    "Evaluation set": DATASETS[dataset],
-                    "Avg difference": d.interval,
-                    "p (permutation)": d.p_value,
-                    "Significant (95 %)": "yes" if d.significant else "no",
-                }
-            )
-    return pd.DataFrame(rows)
+            found.append((label, dataset, evals.difference((stage_a, a, dataset), (stage_b, b, dataset))))
+    raw, adjusted = holm_with_bounds([d.p_value for *_, d in found], evals.bootstrap.samples)
+    rows = [
+        {
+            "Comparison": label,
+            "Evaluation set": DATASETS[dataset],
+            "Avg difference": d.interval,
+            "p (permutation)": p,
+            "p (Holm)": holm_p,
+            P_FLOOR: "yes" if d.p_at_floor else "no",
+            "Significant (95 %)": "yes" if holm_p < ALPHA else "no",
+        }
+        for (label, dataset, d), p, holm_p in zip(found, raw, adjusted, strict=True)
+    ]
+    frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    for column in ("p (permutation)", "p (Holm)"):
+        # Object columns: pandas would otherwise turn the PValues into plain floats and lose the bound.
+        frame[column] = pd.Series([r[column] for r in rows], index=frame.index, dtype=object)
+    return frame
 
 
 def interval_note(bootstrap: Bootstrap) -> str:
     level = f"{bootstrap.level:.0%}"
     return (
         f"Our cells: value ± half the width of its {level} bootstrap interval over queries ({bootstrap.samples} "
-        f"draws, seed {bootstrap.seed}, queries resampled within each category); the .csv has the bounds. "
-        "Differences: paired bootstrap on the same queries, and a paired permutation test of Avg."
+        f"draws, seed {bootstrap.seed}, queries resampled within each category); the .csv has the bounds."
+    )
+
+
+def differences_note(bootstrap: Bootstrap, rows: int) -> str:
+    """What the Differences section shows, and what "Significant (95 %)" means there."""
+    draws = bootstrap.samples
+    return (
+        f"Differences (section below): each row's Avg difference as its label reads, on the same queries, with its "
+        f"paired {bootstrap.level:.0%} bootstrap interval (unadjusted: each interval holds for its own row), the "
+        f"p-value of a two-sided paired permutation test of Avg ({draws} sign-flip draws, seed {bootstrap.seed}) "
+        f"and that p adjusted by Holm's step-down over the section's {rows} rows (both evaluation sets). "
+        f"'Significant (95 %)' is Holm p < {ALPHA:g}: it holds for the section's comparisons together, and an "
+        f"interval that excludes 0 is not enough for it. With {draws} draws the smallest p the test gives is "
+        f"1/{draws + 1}: a p shown as '< {1 / draws:.2g}' had no draw as extreme (the .csv keeps the number and "
+        f"says so in '{P_FLOOR}'), and a Holm p shown as '< x' is bounded by such p-values."
     )
 
 

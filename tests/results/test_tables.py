@@ -1,12 +1,15 @@
 """Tables 3-5 from evaluation files: our rows beside the paper's, never mixed."""
 
+import io
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from fashionblip2.results import tables as et
-from fashionblip2.results.writing import TableFiles, write_table
+from fashionblip2.results.significance import Difference, holm, permutation_floor
+from fashionblip2.results.writing import TableFiles, as_numbers, for_display, write_table
 
 CATEGORIES = ("dress", "shirt", "toptee")
 
@@ -142,9 +145,49 @@ def test_comparisons_report_each_pair_with_its_interval_and_test(evals):
     fiq = diff.iloc[0]["Avg difference"]
     assert fiq.value == pytest.approx(20) and fiq.low > 0  # 20 points on 300 queries: clearly significant
     assert diff.iloc[0]["Significant (95 %)"] == "yes" and diff.iloc[0]["p (permutation)"] < 0.05
+    assert list(diff.columns) == et.COMPARISON_COLUMNS
     t5 = et.table5_comparisons(evals, ["a", "b", "c"])
     assert t5["Comparison"].tolist()[:2] == ["b minus a (no fine-tuning)"] * 2 and len(t5) == (2 * 2 + 3) * 2
     assert t5["Comparison"].tolist()[-1] == "c: with minus without fine-tuning"
+    # The family is the whole section: every row of Table 5's comparisons, both evaluation sets.
+    raw = t5["p (permutation)"].astype(float).to_numpy()
+    assert t5["p (Holm)"].astype(float).tolist() == pytest.approx(holm(raw).tolist())
+    assert (t5["Significant (95 %)"] == np.where(holm(raw) < 0.05, "yes", "no")).all()
+    assert (t5["p at floor"] == np.where(raw == permutation_floor(200), "yes", "no")).all()
+
+
+class Given:
+    """Evaluations whose differences are given: what comparisons() makes of prescribed p-values."""
+
+    def __init__(self, differences, samples=1000):
+        self.bootstrap = et.Bootstrap(samples=samples, seed=0)
+        self.differences = iter(differences)
+
+    def difference(self, a, b):
+        return next(self.differences)
+
+
+def test_significant_means_the_holm_p_and_the_interval_stays_unadjusted():
+    floor = permutation_floor(1000)
+    given = [
+        Difference(et.Interval(2.0, 0.5, 3.5), 0.03, 1000),  # interval excludes 0, raw p < 0.05
+        Difference(et.Interval(1.0, -0.5, 2.5), 0.04, 1000),
+        Difference(et.Interval(9.0, 7.0, 11.0), floor, 1000),  # no draw as extreme
+        Difference(et.Interval(0.1, -2.0, 2.2), 0.5, 1000),
+    ]
+    pairs = [("x minus y", ("stage1", "x"), ("stage1", "y")), ("x minus z", ("stage1", "x"), ("stage1", "z"))]
+    diff = et.comparisons(Given(given), pairs)
+    # Holm by hand: floor * 4 = 0.004; 0.03 * 3 = 0.09; 0.04 * 2 = 0.08 -> 0.09; 0.5 * 1 = 0.5.
+    assert diff["p (Holm)"].astype(float).tolist() == pytest.approx([0.09, 0.09, 4 * floor, 0.5])
+    assert diff["Significant (95 %)"].tolist() == ["no", "no", "yes", "no"]  # row 1: interval excludes 0, yet no
+    assert diff["p at floor"].tolist() == ["no", "no", "yes", "no"]
+    assert [d.interval for d in given] == diff["Avg difference"].tolist()  # the intervals as computed
+    shown = for_display(diff, 3)
+    assert shown["p (permutation)"].tolist() == ["0.030", "0.040", "< 0.001", "0.500"]
+    assert shown["p (Holm)"].tolist() == ["0.090", "0.090", "< 0.004", "0.500"]
+    csv = pd.read_csv(io.StringIO(as_numbers(diff).to_csv(index=False)))
+    assert csv["p (permutation)"].tolist() == [0.03, 0.04, floor, 0.5]  # the numbers, not the display
+    assert csv.loc[2, "p (Holm)"] == pytest.approx(4 * floor)
 
 
 def test_the_written_table_has_its_differences_section_and_csv(evals, tmp_path):
@@ -158,8 +201,16 @@ def test_the_written_table_has_its_differences_section_and_csv(evals, tmp_path):
     )
     md = (tmp_path / "t4.md").read_text()
     assert "## Differences: paired, on the same queries" in md and "bootstrap interval" in md
+    assert "'Significant (95 %)' is Holm p < 0.05" in md and "(unadjusted" in md
+    assert "200 sign-flip draws" in md and "over the section's 2 rows" in md
     diff = pd.read_csv(tmp_path / "t4_diff.csv")
     assert {"Avg difference", "Avg difference low", "Avg difference high", "p (permutation)"} <= set(diff.columns)
+    assert {"p (Holm)", "p at floor", "Significant (95 %)"} <= set(diff.columns)
+    # 10 points on 300 queries: no sign flip of 200 is as extreme; the .csv keeps 1/201, the .md says "< 0.005".
+    assert diff["p (permutation)"].tolist() == [1 / 201] * 2 and diff["p at floor"].tolist() == ["yes"] * 2
+    assert diff["p (Holm)"].tolist() == pytest.approx([2 / 201] * 2)
+    section = md.split("## Differences")[1]
+    assert section.count("| < 0.005 ") == 2 and section.count("| < 0.01 ") == 2
 
 
 def test_figure6_rows_pick_the_best_and_the_worst_query_and_show_a_missed_target():
