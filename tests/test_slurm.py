@@ -23,6 +23,8 @@ from tests.conftest import python_first_env, require_service, snakemake
 from tests.support.slurm_cluster import SlurmCluster, missing_requirements
 
 TARGET = "results/tables/table1.md"
+# The dataset half before the backbone (FACap's rows carry the backbone's triplet scores).
+BEFORE_BACKBONE = "data/leakage/leakage.json data/annotation/modifications.parquet"
 BACKBONE = "models/backbone"
 # Outputs whose bytes must not depend on the executor (reports carry times, so they are left out).
 COMPARED = [
@@ -34,13 +36,13 @@ COMPARED = [
     "data/facap/cir_triplets",
     "results/tables/table1.csv",
 ]
-# Jobs that SLURM runs; the gather steps and Table 1 are local rules (seconds of work each), and so
-# is `modification` here, whose backend is an API (a loopback server): API jobs run where the internet is.
-SUBMITTED = [
-    "synthetic_world", "manifest", "embed", "gather_embeddings", "embed_heldout", "pair", "leakage", "caption", "facap",
-]  # fmt: skip
+# Jobs that SLURM runs for BEFORE_BACKBONE; the gather steps and Table 1 are local rules (seconds of
+# work each), and so is `modification` here, whose backend is an API (a loopback server): API jobs
+# run where the internet is. After the backbone, Table 1 submits the scores, FACap and its filter.
+SUBMITTED = ["synthetic_world", "manifest", "embed", "gather_embeddings", "embed_heldout", "pair", "leakage", "caption"]
+AFTER_BACKBONE = ["triplet_scores", "facap", "facap_filtered"]
 # Rules the tiny preset gives a GPU: they go to the GPU partition and ask for one.
-GPU_RULES = {"embed", "embed_heldout"}
+GPU_RULES = {"embed", "embed_heldout", "pretrain", "triplet_scores"}
 
 
 def started_cluster(root: Path, gpus: int = 2) -> SlurmCluster:
@@ -70,9 +72,10 @@ def cpu_only_cluster(tmp_path_factory):
 
 
 def profile_args(target: str, *configfiles: str) -> list[str]:
-    """`snakemake --profile slurm <target>` on the tiny preset, polling every second."""
+    """`snakemake --profile slurm <target>` on the tiny preset, polling every second (targets
+    separated by spaces)."""
     return [
-        sys.executable, "-m", "snakemake", "--profile", "slurm", target,
+        sys.executable, "-m", "snakemake", "--profile", "slurm", *target.split(),
         "--configfile", "config/presets/test.yaml", *configfiles,
         # Without SLURM accounting, job states come from squeue (finished jobs stay MinJobAge = 600 s).
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
@@ -136,9 +139,10 @@ def copy_workflow(source: Path, dest: Path) -> Path:
 def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(
     slurm_cluster, workflow_copy, tmp_path, server_factory
 ):
-    """Table 1 through sbatch, then pretraining killed mid-run (Snakemake SIGKILLed, its job left in
-    SLURM) and rerun at once: the rerun cancels the leftover job before it submits its own, the two
-    never overlap, and every output, metrics.jsonl included, is the local run's."""
+    """The dataset half through sbatch, then pretraining killed mid-run (Snakemake SIGKILLed, its job
+    left in SLURM) and rerun at once: the rerun cancels the leftover job before it submits its own,
+    the two never overlap; then Table 1 (the scores, FACap); every output, metrics.jsonl included, is
+    the local run's."""
     api = {"backend": "openai", "model": "test-llm", "base_url": server_factory().base_url, "concurrency": 4}
     overlay = {
         "cluster": {"partition": "cpu", "gpu_partition": "gpu"},
@@ -149,7 +153,7 @@ def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(
     }
     (workflow_copy / "cluster.yaml").write_text(yaml.safe_dump(overlay))
     on_slurm = copy_workflow(workflow_copy, tmp_path / "on_slurm")
-    proc = run_profile(slurm_cluster, on_slurm, TARGET, "cluster.yaml")
+    proc = run_profile(slurm_cluster, on_slurm, BEFORE_BACKBONE, "cluster.yaml")
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n{slurm_cluster.logs_tail()}"
 
     # SLURM's own records: the jobs it ran.
@@ -184,6 +188,15 @@ def test_profile_slurm_runs_the_jobs_through_sbatch_with_the_local_outputs(
     assert [j["JobState"] for j in pretrain] == ["CANCELLED", "COMPLETED"], shown
     assert pretrain[0]["EndTime"] <= pretrain[1]["StartTime"], shown  # never two jobs on one folder
     assert not (on_slurm / "checkpoints").exists()  # no checkpoint folder left, empty or not
+
+    # Then Table 1: the triplet scores (a GPU job), FACap and the filtered FACap through sbatch.
+    table1 = run_profile(slurm_cluster, on_slurm, TARGET, "cluster.yaml")
+    assert table1.returncode == 0, f"{table1.stdout[-3000:]}\n{table1.stderr[-6000:]}\n{slurm_cluster.logs_tail()}"
+    after = [j for j in submitted_jobs(slurm_cluster) if j["Comment"].removeprefix("rule_") in AFTER_BACKBONE]
+    assert sorted(j["Comment"].removeprefix("rule_") for j in after) == sorted(AFTER_BACKBONE), after
+    assert all(j["JobState"] == "COMPLETED" for j in after), after
+    scores = next(j for j in after if j["Comment"] == "rule_triplet_scores")
+    assert scores["Partition"] == "gpu" and "gpu:1" in scores.get("TresPerJob", ""), scores
 
     # The same outputs as a local run of the same targets.
     local = copy_workflow(workflow_copy, tmp_path / "local")
