@@ -52,6 +52,7 @@ include: "rules/training.smk"
 include: "rules/evaluation.smk"
 include: "rules/results.smk"
 include: "rules/plan.smk"
+include: "rules/release.smk"
 
 
 workflow.onstart(CLUSTER_PREFLIGHT)

@@ -758,3 +758,34 @@ def planning_only():
         return False
     targets = set(getattr(args, "targets", None) or [])
     return bool(targets) and targets <= {"plan", PLAN, PLAN_JSON}
+
+
+# The release (rules/release.smk): FACap as Parquet shards with its dataset card, and each model of
+# release.variants with its model card, in folders the Hugging Face Hub loads (nothing is uploaded).
+RELEASE_FACAP = "release/facap"
+RELEASE_MODEL = "release/model/{variant}"
+
+
+def source_folders():
+    """Each enabled source's folder (a catalogue's: its table's folder): the released image paths are
+    relative to it, as a user's own copy of the dataset has them."""
+    return {
+        name: spec["root"] if "root" in spec else os.path.dirname(spec["path"])
+        for name, spec in resolved_sources().items()
+    }
+
+
+def release_models():
+    """The model folders release.variants names at release.stage, and the stage-1 folders the stage-2
+    ones started from (their cards say what stage 1 trained on). An undeclared variant is named."""
+    section = config["release"]
+    for name in section["variants"]:
+        if name not in variants():
+            raise WorkflowError(f"release.variants: variant {name!r} is not declared in experiments.variants")
+        if section["stage"] == "stage1" and not has_facap_stage(name):
+            raise WorkflowError(f"release.variants: variant {name!r} has facap_fraction 0: it has no stage-1 model")
+    stage2_starts = section["stage"] == "stage2"
+    return {
+        "models": [stage_model(section["stage"], v) for v in section["variants"]],
+        "starts": [stage_model("stage1", v) for v in section["variants"] if stage2_starts and has_facap_stage(v)],
+    }
