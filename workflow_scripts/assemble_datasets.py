@@ -54,7 +54,11 @@ def main() -> None:
     card = {
         "dataset": args.dataset,
         "caption_backend": {k: annotation["caption"].get(k) for k in ("backend", "model", "model_path")},
-        "modification_backend": {k: annotation["modification"].get(k) for k in ("backend", "model")},
+        # planted_errors: the rules differ's wrong-on-purpose rates (absent for the other backends).
+        "modification_backend": {
+            **{k: annotation["modification"].get(k) for k in ("backend", "model")},
+            **{k: v for k, v in annotation["modification"].items() if k == "planted_errors"},
+        },
         "provenance": provenance(args.data, args.run_name),
     }
     pairs, modifications = pd.read_parquet(args.pairs), pd.read_parquet(args.modifications)
