@@ -2,6 +2,7 @@
 
     fashionblip2 search --model models/stage2/cir_mh --index results/index/stage2/cir_mh \\
         --image my_dress.jpg --text "is red and has shorter sleeves" --top-k 10 --sheet results.png
+    fashionblip2 browse --run . --port 7860   # a local read-only web app: the datasets, search, leakage
     fashionblip2 store pin      # pin what the workflow starts from in the root data.dvc (config: dvc.pin)
     fashionblip2 store push     # dvc add + dvc push the expensive artefacts (config: dvc:)
     fashionblip2 store pull     # in a fresh clone: dvc pull, then mark the pulled outputs done
@@ -52,6 +53,35 @@ def search(args: argparse.Namespace) -> int:
         )
         contact_sheet([row], args.sheet, title=f"fashionblip2 search: {args.model}")
         print(f"contact sheet: {args.sheet}")
+    return 0
+
+
+def browse(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fashionblip2.browse.app import LOOPBACK_HOSTS, Run, create_app
+    from fashionblip2.common.runtime import resolve_device, set_threads
+
+    set_threads(args.threads)
+    run = Run(args.run_dir, resolve_device(args.device, "--device"), args.image_root)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if not loopback:
+        print(
+            f"fashionblip2 browse: serving on {args.host}: anyone who can reach this machine can read the run's "
+            "images and tables (there is no login)",
+            file=sys.stderr,
+        )
+    wildcard = args.host in ("0.0.0.0", "::", "")
+    # Loopback (or the one named host) only: a web page cannot then reach the app by DNS rebinding.
+    hosts = None if wildcard else [*LOOPBACK_HOSTS, args.host]
+    app = create_app(run, allowed_hosts=hosts)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(
+        f"fashionblip2 browse: {run.root}: {len(run.triplets):,} triplets, {len(run.images.frame):,} images, "
+        f"models: {', '.join(run.models.names()) or 'none (no index under results/index)'}"
+    )
+    print(f"open http://{shown}:{args.port}/  (Ctrl-C stops it)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -134,6 +164,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.set_defaults(run=search)
     p = sub.add_parser(
+        "browse",
+        help="a local, read-only web app over a finished run: the datasets, composed search, leakage pairs",
+        description="Serve a page to explore FACap, enhFashionIQ and FashionIQ (filters, sorting, paging), search "
+        "with any model that has an index under results/index (a reference from the run or an upload, two models "
+        "side by side) and look at the leakage check's pairs. Nothing is written; uploads stay in memory.",
+    )
+    p.add_argument(
+        "--run", dest="run_dir", default=".", help="the finished run (the workflow folder after `make demo`)"
+    )
+    p.add_argument("--port", type=int, default=7860, help="(default: 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--device", default="auto", help="where the models run: auto, cpu, cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for the models (0: PyTorch's default)")
+    p.add_argument(
+        "--image-root",
+        action="append",
+        default=[],
+        help="another folder images may resolve into (e.g. a DVC cache the image files link to); repeatable",
+    )
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=browse)
+    p = sub.add_parser(
         "store",
         help="push the expensive artefacts to the DVC remote, or pull them into a fresh clone",
         description="pin: record what the workflow starts from (dvc.pin: the raw datasets or the synthetic world) "
@@ -167,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss").setLevel(logging.WARNING)
     transformers.logging.set_verbosity_error()
     try:
-        return search(args)
+        return args.run(args)  # search or browse
     except FileNotFoundError as e:
         print(f"fashionblip2: {e}", file=sys.stderr)
         return 2
