@@ -22,7 +22,7 @@ from fashionblip2.annotation.pricing import is_paid
 # annotation.<stage>: the keys that change the answers (they also make the cache key).
 ANNOTATION_ANSWER_KEYS = ("backend", "model", "model_path", "max_new_tokens", "max_words", "temperature")
 # training: shared keys that change a trained model (besides the run's own section).
-TRAINING_RESULT_KEYS = ("seed", "precision")
+TRAINING_RESULT_KEYS = ("seed", "precision", "weight_decay_exempt")
 # training: shared keys that change how a model is trained, not what comes out.
 TRAINING_RUNTIME_KEYS = ("device", "gradient_checkpointing", "cache_image_features")
 

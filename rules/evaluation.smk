@@ -24,12 +24,13 @@ rule evaluate:
     params:
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
+        text_cleanup=config["text"]["cleanup"],
         job_options=job_option(JOB_OPTIONS["evaluation"]),
         provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "python workflow_scripts/evaluate_model.py --model {input.model} --manifest {input.manifest}"
         " --fashioniq-root {params.fashioniq_root} --enhfashioniq {input.enhfashioniq}"
-        " --categories {params.categories:q} {params.job_options} --threads {threads} {params.provenance}"
+        " --categories {params.categories:q} --text-cleanup {params.text_cleanup} {params.job_options} --threads {threads} {params.provenance}"
         " --fashioniq-out {output.fashioniq} {output.fashioniq_rankings}"
         " --enhfashioniq-out {output.enhfashioniq} {output.enhfashioniq_rankings} 2> {log}"
 

@@ -81,6 +81,7 @@ rule train_stage1:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
         model=model_settings,
         recipe=as_json(training_result_settings(config, "stage1")),
+        text_cleanup=config["text"]["cleanup"],
         launcher=job_option(JOB_OPTIONS["launcher"]["train_stage1"]),
         job_options=job_option(JOB_OPTIONS["training"]),
         checkpoints=job_option(JOB_OPTIONS["checkpoints"]["stage1"]),
@@ -88,7 +89,7 @@ rule train_stage1:
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage stage1 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
-        " --manifest {input.manifest} --facap {input.facap} --recipe {params.recipe:q} --job-options {params.job_options:q}"
+        " --manifest {input.manifest} --facap {input.facap} --text-cleanup {params.text_cleanup} --recipe {params.recipe:q} --job-options {params.job_options:q}"
         " --checkpoints {params.checkpoints}/{wildcards.variant} --threads {threads} {params.provenance}"
         " --out {output} 2> {log}"
 
@@ -112,6 +113,7 @@ rule train_stage2:
         spec=lambda wc: json.dumps(variant_spec(wc.variant), sort_keys=True),
         model=model_settings,
         recipe=as_json(training_result_settings(config, "stage2")),
+        text_cleanup=config["text"]["cleanup"],
         fashioniq_root=fashioniq_root(),
         categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
         launcher=job_option(JOB_OPTIONS["launcher"]["train_stage2"]),
@@ -122,5 +124,5 @@ rule train_stage2:
         "{params.launcher} workflow_scripts/train_model.py --stage stage2 --variant {wildcards.variant}"
         " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
         " --manifest {input.manifest} --fashioniq-root {params.fashioniq_root} --categories {params.categories:q}"
-        " --recipe {params.recipe:q} --job-options {params.job_options:q} --checkpoints {params.checkpoints}/{wildcards.variant}"
+        " --text-cleanup {params.text_cleanup} --recipe {params.recipe:q} --job-options {params.job_options:q} --checkpoints {params.checkpoints}/{wildcards.variant}"
         " --threads {threads} {params.provenance} --out {output} 2> {log}"

@@ -11,7 +11,7 @@ Example:
     E=results/eval/stage2/cir_mh
     python workflow_scripts/evaluate_model.py --model models/stage2/cir_mh --manifest data/manifest/images.parquet \\
         --fashioniq-root data/synthetic/world/fashioniq --enhfashioniq data/enhfashioniq \\
-        --categories '["dress", "shirt", "toptee"]' --device auto --batch-size 64 --threads 1 \\
+        --categories '["dress", "shirt", "toptee"]' --device auto --batch-size 64 --threads 1 --text-cleanup none \\
         --data synthetic --run-name default \\
         --fashioniq-out $E/fashioniq.json $E/fashioniq_rankings.parquet \\
         --enhfashioniq-out $E/enhfashioniq.json $E/enhfashioniq_rankings.parquet
@@ -31,6 +31,7 @@ from fashionblip2.common.io import write_json_atomic, write_parquet_atomic  # no
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.common.runtime import resolve_device, set_threads  # noqa: E402
+from fashionblip2.datasets.caption_text import TEXT_CLEANUPS  # noqa: E402
 from fashionblip2.datasets.triplets import read_fashioniq_split, read_gallery  # noqa: E402
 from fashionblip2.evaluation.retrieval import encode_gallery, evaluate_queries  # noqa: E402
 from fashionblip2.model import FashionBLIP2  # noqa: E402
@@ -52,6 +53,12 @@ def main() -> None:
     parser.add_argument("--device", required=True)
     parser.add_argument("--batch-size", required=True, type=int)
     parser.add_argument("--threads", required=True, type=int)
+    parser.add_argument(
+        "--text-cleanup",
+        choices=TEXT_CLEANUPS,
+        required=True,
+        help="text.cleanup: none (queries as joined) | sprc (SPRC's: lower-cased, punctuation out, 50 words)",
+    )
     add_provenance_arguments(parser)
     for name in ("fashioniq", "enhfashioniq"):
         parser.add_argument(
@@ -85,7 +92,9 @@ def main() -> None:
     for name, root in datasets.items():
         report = InputReport()
         data = read_fashioniq_split(root, "val", categories, available, report, source=name)
-        results, rankings = evaluate_queries(model, store, tokenizer, data, galleries, vectors, device, progress=True)
+        results, rankings = evaluate_queries(
+            model, store, tokenizer, data, galleries, vectors, device, progress=True, text_cleanup=args.text_cleanup
+        )
         results |= {
             "dataset": name,
             "model": args.model,

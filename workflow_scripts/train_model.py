@@ -11,14 +11,15 @@ Examples:
     python workflow_scripts/train_model.py --stage stage1 --variant cir_ctr_mh --spec "$SPEC" \\
         --model-settings "$MODEL" \\
         --start models/backbone --tokenizer models/tokenizer --manifest data/manifest/images.parquet \\
-        --facap data/facap --recipe '{"steps": 200, "batch_size": 32, "lr": 0.0005, "seed": 0, "precision": "fp32"}' \\
+        --facap data/facap --text-cleanup none \\
+        --recipe '{"steps": 200, "batch_size": 32, "lr": 0.0005, "seed": 0, "precision": "fp32"}' \\
         --job-options "$JOB_OPTIONS" --checkpoints checkpoints/stage1/cir_ctr_mh --threads 1 \\
         --data synthetic --run-name default --out models/stage1/cir_ctr_mh
     python workflow_scripts/train_model.py --stage stage2 --variant cir_ctr_mh --spec "$SPEC" \\
         --model-settings "$MODEL" \\
         --start models/stage1/cir_ctr_mh --tokenizer models/tokenizer --manifest data/manifest/images.parquet \\
         --fashioniq-root data/synthetic/world/fashioniq --categories '["dress", "shirt", "toptee"]' \\
-        --recipe '{"steps": 100, "batch_size": 32, "lr": 0.0002, "seed": 0, "precision": "fp32"}' \\
+        --text-cleanup none --recipe '{"steps": 100, "batch_size": 32, "lr": 0.0002, "seed": 0, "precision": "fp32"}' \\
         --job-options "$JOB_OPTIONS" --checkpoints checkpoints/stage2/cir_ctr_mh --threads 1 \\
         --data synthetic --run-name default --out models/stage2/cir_ctr_mh
 """
@@ -37,6 +38,7 @@ import pandas as pd  # noqa: E402
 from fashionblip2.common.issues import InputReport  # noqa: E402
 from fashionblip2.common.provenance import provenance  # noqa: E402
 from fashionblip2.common.runtime import seed_everything, set_threads  # noqa: E402
+from fashionblip2.datasets.caption_text import TEXT_CLEANUPS  # noqa: E402
 from fashionblip2.datasets.triplets import read_facap, read_fashioniq_split  # noqa: E402
 from fashionblip2.model.processing import ImageStore  # noqa: E402
 from fashionblip2.model.tokenization import load_tokenizer  # noqa: E402
@@ -76,6 +78,12 @@ def main() -> None:
     parser.add_argument("--facap", help="stage 1: the FACap folder")
     parser.add_argument("--fashioniq-root", help="stage 2: the FashionIQ folder (train captions)")
     parser.add_argument("--categories")
+    parser.add_argument(
+        "--text-cleanup",
+        choices=TEXT_CLEANUPS,
+        required=True,
+        help="text.cleanup: none (texts as they are) | sprc (SPRC's: lower-cased, punctuation out, 50 words)",
+    )
     add_training_arguments(parser)
     args = parser.parse_args()
     setup_logging()
@@ -132,6 +140,7 @@ def main() -> None:
         args.checkpoints,
         with_captions=with_captions,
         randomise=stage == 2,
+        text_cleanup=args.text_cleanup,
         cache_features=training["cache_image_features"],
     )
     info = run_info(
@@ -141,6 +150,7 @@ def main() -> None:
         counts,
         name=args.variant,
         start=args.start,
+        text_cleanup=args.text_cleanup,
         parameters=model.parameter_counts(),
         provenance=provenance(args.data, args.run_name),
     )

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fashionblip2.common.issues import InputReport
-from fashionblip2.datasets.caption_text import join_captions, random_caption
+from fashionblip2.datasets.caption_text import clean_text, join_captions, random_caption
 from fashionblip2.sources.fashioniq import image_key as fashioniq_key
 
 
@@ -63,13 +63,16 @@ class Triplets:
         keep = sorted(order[: max(1, round(fraction * len(self)))].tolist())
         return self.subset(keep)
 
-    def training_text(self, i: int, rng: random.Random, randomise: bool) -> str:
+    def training_text(self, i: int, rng: random.Random | None, randomise: bool, *, cleanup: str) -> str:
         """FACap: the modification text. FashionIQ training: the two captions in random order or one of
-        them (as SPRC and CLIP4Cir do); FashionIQ evaluation: "c1 and c2"."""
+        them (as SPRC and CLIP4Cir do); FashionIQ evaluation: "c1 and c2". Then ``cleanup`` (config
+        ``text.cleanup``: :func:`~fashionblip2.datasets.caption_text.clean_text`) on the whole text."""
         texts = self.texts[i]
         if len(texts) == 1:
-            return texts[0]
-        return random_caption(texts, rng) if randomise else join_captions(texts)
+            text = texts[0]
+        else:
+            text = random_caption(texts, rng) if randomise else join_captions(texts)
+        return clean_text(text, cleanup)
 
 
 def read_facap(facap_dir: str | os.PathLike[str], manifest: pd.DataFrame, report: InputReport) -> Triplets:

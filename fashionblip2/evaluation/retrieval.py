@@ -76,8 +76,11 @@ def evaluate_queries(
     device: torch.device,
     ks: Sequence[int] = KS,
     progress: bool = False,
+    *,
+    text_cleanup: str,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Recall@K per category (FashionIQ protocol) and one ranking row per query.
+    """Recall@K per category (FashionIQ protocol) and one ranking row per query. Each query's text is
+    "c1 and c2" after ``text_cleanup`` (config ``text.cleanup``), the text its ranking row records.
 
     A query whose target is not in its category's gallery cannot be found; it is counted, not scored.
     """
@@ -87,7 +90,7 @@ def evaluate_queries(
         position = {k: i for i, k in enumerate(keys)}
         idx = [i for i in range(len(data)) if data.category[i] == category]
         scored = [i for i in idx if data.target[i] in position]
-        texts = [data.training_text(i, None, randomise=False) for i in scored]
+        texts = [data.training_text(i, None, randomise=False, cleanup=text_cleanup) for i in scored]
         q = encode_queries(
             model, store, tokenizer, [data.reference[i] for i in scored], texts, device, progress=progress
         )

@@ -253,12 +253,15 @@ def cir_training_batches(
     *,
     with_captions: bool,
     randomise: bool,
+    text_cleanup: str,
     seed: int,
     device: torch.device,
     cache_features: bool = True,
 ):
     """``make_batch`` and ``loss_fn`` for the trainer: CIR (and CTR) on triplets. Texts are drawn
     with a generator seeded by (seed, step, index): a resumed run draws the same texts.
+    ``text_cleanup`` (config ``text.cleanup``) applies to the query texts (the modification text,
+    FashionIQ's captions) as SPRC applies it; the target captions of CTR (which SPRC has not) stay as they are.
     ``cache_features``: keep a frozen encoder's outputs in memory (off at paper scale: ViT-g
     outputs of 25k images would take about 36 GB)."""
     max_len = model.config.max_text_length
@@ -270,7 +273,9 @@ def cir_training_batches(
         features(sorted(set(data.reference) | set(data.target)), device)
 
     def make_batch(indices: Sequence[int], step: int) -> dict[str, Any]:
-        texts = [data.training_text(i, random.Random(f"{seed}/{step}/{i}"), randomise) for i in indices]
+        texts = [
+            data.training_text(i, random.Random(f"{seed}/{step}/{i}"), randomise, cleanup=text_cleanup) for i in indices
+        ]
         ids, mask = tokenize(tokenizer, texts, max_len)
         refs, tgts = [data.reference[i] for i in indices], [data.target[i] for i in indices]
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
@@ -309,6 +314,7 @@ def train_cir(
     *,
     with_captions: bool,
     randomise: bool,
+    text_cleanup: str,
     cache_features: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
@@ -326,6 +332,7 @@ def train_cir(
         tokenizer,
         with_captions=with_captions,
         randomise=randomise,
+        text_cleanup=text_cleanup,
         seed=cfg.seed,
         device=device,
         cache_features=cache_features,
@@ -408,5 +415,6 @@ def train_backbone(
 
 def train_config(run: dict[str, Any], common: dict[str, Any]) -> TrainConfig:
     """A run's TrainConfig from config: its own section (steps, lr, ...) plus the shared keys."""
-    shared = {k: common[k] for k in ("seed", "device", "precision", "gradient_checkpointing") if k in common}
+    keys = ("seed", "device", "precision", "gradient_checkpointing", "weight_decay_exempt")
+    shared = {k: common[k] for k in keys if k in common}
     return TrainConfig(**{**run, **shared})

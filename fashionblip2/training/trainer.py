@@ -1,7 +1,8 @@
 """One trainer for every training run (stage 1 on FACap, stage 2 on FashionIQ, every ablation).
 
 It owns what makes a run reproducible and resumable, and nothing model-specific:
-- AdamW (parameters that require grad), warm-up then cosine decay or one-cycle, gradient clipping;
+- AdamW (parameters that require grad; weight decay on all of them, as SPRC, or none on biases and
+  norms, as LAVIS: ``weight_decay_exempt``), warm-up then cosine decay or one-cycle, gradient clipping;
 - a data order that depends only on (seed, epoch), so a resumed run sees the same batches;
 - a checkpoint every ``checkpoint_every`` steps, written atomically: model, optimiser, schedule,
   step, RNG states; ``train`` resumes from it when it exists;
@@ -35,8 +36,39 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
+WEIGHT_DECAY_EXEMPTIONS = ("none", "biases_and_norms")
+_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase)
+
+
 class TrainingError(RuntimeError):
     pass
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float, exempt: str) -> list[dict[str, Any]]:
+    """AdamW's parameter groups (parameters that require grad, in ``named_parameters`` order).
+
+    ``none``: one group, decayed. ``biases_and_norms``: as LAVIS's BLIP-2 models
+    (``get_optimizer_params``: ``p.ndim < 2 or "bias" in n or "ln" in n or "bn" in n`` gets no
+    decay): every parameter of fewer than two dimensions (biases, norm scales and shifts, a learnt
+    temperature), every bias and every parameter of a norm layer get none; matched by shape and by
+    module type rather than by LAVIS's name fragments, which depend on its modules' names."""
+    if exempt not in WEIGHT_DECAY_EXEMPTIONS:
+        raise ValueError(f"weight_decay_exempt must be one of {WEIGHT_DECAY_EXEMPTIONS}, not {exempt!r}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if exempt == "none":
+        return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
+    in_norms = {
+        f"{module_name}.{n}" if module_name else n
+        for module_name, module in model.named_modules()
+        if isinstance(module, _NORMS)
+        for n, _ in module.named_parameters(recurse=False)
+    }
+    skip = {n for n, p in named if p.ndim < 2 or n.endswith("bias") or n in in_norms}
+    groups = [
+        {"params": [p for n, p in named if n not in skip], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n in skip], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 @dataclass
@@ -60,8 +92,15 @@ class TrainConfig:
     precision: str  # fp32 | bf16 (autocast; on GPU)
     gradient_checkpointing: bool
     micro_batch_size: int  # 0: the whole batch at once; else a gradient cache over micro-batches
+    # training.weight_decay_exempt: none (decay on every parameter, as SPRC's optimiser) |
+    # biases_and_norms (none on them, as LAVIS: :func:`decay_groups`)
+    weight_decay_exempt: str
 
     def __post_init__(self):
+        if self.weight_decay_exempt not in WEIGHT_DECAY_EXEMPTIONS:
+            raise ValueError(
+                f"weight_decay_exempt must be one of {WEIGHT_DECAY_EXEMPTIONS}, not {self.weight_decay_exempt!r}"
+            )
         if self.schedule not in ("cosine", "onecycle"):
             raise ValueError(f"schedule must be cosine or onecycle, not {self.schedule!r}")
         if self.precision not in ("fp32", "bf16"):
@@ -74,7 +113,7 @@ class TrainConfig:
 
     # Fields added after checkpoints were first written: a checkpoint without one was trained with
     # torch's value (AdamW's eps, OneCycleLR's div_factor), which is what it resumes with.
-    ADDED_FIELDS = {"eps": 1e-8, "onecycle_div_factor": 25.0}
+    ADDED_FIELDS = {"eps": 1e-8, "onecycle_div_factor": 25.0, "weight_decay_exempt": "none"}
 
     def resume_key(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed."""
@@ -171,7 +210,8 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("no parameter requires grad: nothing to train")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    groups = decay_groups(model, cfg.weight_decay, cfg.weight_decay_exempt)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
     step = 0
     if (out / CHECKPOINT).exists():

@@ -116,7 +116,7 @@ def test_saved_rankings_agree_with_their_hits_and_the_recall(monkeypatch):
     )
     monkeypatch.setattr(retrieval, "encode_queries", lambda *a, **k: np.repeat(query, 4, axis=0))
     results, rankings = retrieval.evaluate_queries(
-        None, None, None, data, {"dress": keys}, {"dress": gallery}, device=None, ks=(10, 50)
+        None, None, None, data, {"dress": keys}, {"dress": gallery}, device=None, ks=(10, 50), text_cleanup="none"
     )
     assert rankings["target_rank"].tolist() == [9, 10, 11, 12]
     assert rankings["hit@10"].tolist() == [True, True, False, False]

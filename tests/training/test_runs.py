@@ -117,6 +117,7 @@ def test_a_killed_run_resumes_to_the_same_model(world, tmp_path, variant):
             folder,
             with_captions="ctr" in variant.losses,
             randomise=True,
+            text_cleanup="none",
             progress=False,
             stop_after=stop_after,
         )
@@ -142,6 +143,7 @@ def test_stage_two_freezes_the_encoder_and_adapters_and_keeps_the_stage_one_weig
         tmp_path / "ck",
         with_captions=True,
         randomise=False,
+        text_cleanup="none",
         progress=False,
     )
     save_run(model, world["tokenizer"], tmp_path / "s1", tmp_path / "ck", {"stage": "stage1"})
@@ -163,6 +165,7 @@ def test_stage_two_freezes_the_encoder_and_adapters_and_keeps_the_stage_one_weig
             tmp_path / "ck2",
             with_captions=True,
             randomise=True,
+            text_cleanup="none",
             progress=False,
         )
 
@@ -186,7 +189,9 @@ def test_evaluation_reports_recall_chance_and_rankings(world):
     data.category.append("dress")
     device = torch.device("cpu")
     vectors = {c: encode_gallery(model, world["store"], keys, device) for c, keys in galleries.items()}
-    results, rankings = evaluate_queries(model, world["store"], world["tokenizer"], data, galleries, vectors, device)
+    results, rankings = evaluate_queries(
+        model, world["store"], world["tokenizer"], data, galleries, vectors, device, text_cleanup="none"
+    )
     dress = results["categories"]["dress"]
     assert dress["gallery"] == 4 and dress["target_not_in_gallery"] == 1 and dress["queries"] == 4
     assert dress["chance R@10"] == 100.0  # a gallery of 4: any ranking finds the target in the top 10
