@@ -274,6 +274,12 @@ ALLOWED_LIBRARY_DEFAULTS = {
     "fashionblip2/cluster.py: JobRequest.mem_mb",
     "fashionblip2/cluster.py: JobRequest.gpu_model",
     "fashionblip2/cluster.py: JobRequest.device",
+    # The browser's explorer request (its filters: datasets, categories, sources, empty = all) and a
+    # released row's optional `scores` entry: what a user asks for and what a file holds, not settings.
+    "fashionblip2/browse/data.py: TripletQuery.datasets",
+    "fashionblip2/browse/data.py: TripletQuery.categories",
+    "fashionblip2/browse/data.py: TripletQuery.sources",
+    "fashionblip2/browse/data.py: get(scores)",
 }
 
 
