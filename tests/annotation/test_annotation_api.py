@@ -450,7 +450,9 @@ def test_a_kill_between_create_and_record_adopts_the_batch(server_factory, capti
 
 
 def test_a_batch_the_state_file_lost_is_found_by_its_metadata(server_factory, tmp_path):
-    server = server_factory("--batch-seconds", "1")
+    # The batch must still be running when the first run stops waiting (0.2 s): 5 s leaves a loaded
+    # CI machine room (at 1 s it once finished first, and nothing was pending).
+    server = server_factory("--batch-seconds", "5")
     state = tmp_path / "0.batches.json"
     with pytest.raises(BatchPending):
         annotate(
