@@ -18,7 +18,7 @@ def failing(triplets: pd.DataFrame, filters: dict[str, float]) -> pd.DataFrame:
     unknown = [name for name in filters if name not in triplets.columns]
     if unknown:
         raise ValueError(f"facap.filters names scores FACap does not have: {', '.join(unknown)}")
-    return pd.DataFrame({name: triplets[name] < threshold for name, threshold in filters.items()})
+    return pd.DataFrame({name: triplets[name] < threshold for name, threshold in filters.items()}, index=triplets.index)
 
 
 def filter_counts(triplets: pd.DataFrame, filters: dict[str, float]) -> pd.DataFrame:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from fashionblip2.annotation.lexicon import find_attributes
+from fashionblip2.datasets.filters import failing
 from fashionblip2.datasets.scores import SCORES
 from fashionblip2.quality.automatic import Claim, read_claims
 from fashionblip2.synthetic.attributes import FITS, LENGTHS, SLEEVES
@@ -314,16 +315,14 @@ def score_triplets(
 
 
 def flagged(scores: pd.DataFrame, thresholds: dict[str, float]) -> pd.Series:
-    """Whether each triplet falls below any of the thresholds (score name -> threshold)."""
-    below = pd.Series(False, index=scores.index)
-    for name, threshold in thresholds.items():
-        below |= scores[name] < threshold
-    return below
+    """Whether each triplet falls below any of the thresholds (score name -> threshold): the test
+    FACap's filters apply (:func:`fashionblip2.datasets.filters.failing`)."""
+    return failing(scores, thresholds).any(axis=1)
 
 
 def flagged_sample(scores: pd.DataFrame, thresholds: dict[str, float], size: int, seed: int) -> pd.DataFrame:
     """A seeded sample of flagged triplets, with the scores that flag each (``flagged_by``)."""
-    below = pd.DataFrame({name: scores[name] < t for name, t in thresholds.items() if name in scores})
+    below = failing(scores, {name: t for name, t in thresholds.items() if name in scores})
     hit = below.any(axis=1)
     sample = scores[hit].sample(n=min(size, int(hit.sum())), random_state=seed).copy()
     sample["flagged_by"] = [", ".join(below.columns[below.loc[i]]) for i in sample.index]
