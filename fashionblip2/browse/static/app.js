@@ -65,7 +65,10 @@ function options(select, values, keepFirst = true) {
 }
 
 function pagerInfo(node, data, noun) {
-  node.textContent = `${data.total.toLocaleString()} ${noun} · page ${data.total ? data.page + 1 : 0} of ${data.pages}`;
+  // An empty result says so, rather than "page 0 of 1".
+  node.textContent = data.total
+    ? `${data.total.toLocaleString()} ${noun} · page ${data.page + 1} of ${data.pages}`
+    : `0 ${noun}: nothing matches these filters`;
 }
 
 // --- the query ---------------------------------------------------------------------------------
