@@ -237,6 +237,11 @@ def unfiltered_variant(base: str) -> str:
     return f"{base}_unfiltered"
 
 
+def table6_variants(experiments: dict[str, Any]) -> list[str]:
+    """The variants Table 6 compares, each beside its unfiltered twin (both stages are evaluated)."""
+    return [name for v in experiments["table6"]["variants"] for name in (v, unfiltered_variant(v))]
+
+
 def figure5_variants(experiments: dict[str, Any]) -> list[tuple[float, str]]:
     spec = experiments["figure5"]
     return [(f, fraction_variant(spec["variant"], f)) for f in sorted(spec["fractions"])]

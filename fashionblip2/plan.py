@@ -92,8 +92,7 @@ def evaluated_models(config: dict[str, Any]) -> set[tuple[str, str]]:
     models |= {("stage1", name) for _, name in cfg.figure5_variants(ex)}
     models.add((ex["figure6"]["stage"], ex["figure6"]["variant"]))
     if cfg.facap_filters(config["facap"]):  # Table 6: each listed variant and its unfiltered twin
-        twins = [n for v in ex["table6"]["variants"] for n in (v, cfg.unfiltered_variant(v))]
-        models |= {(s, n) for s in ("stage1", "stage2") for n in twins}
+        models |= {(s, n) for s in ("stage1", "stage2") for n in cfg.table6_variants(ex)}
     return models
 
 

@@ -30,6 +30,7 @@ from fashionblip2.config import (
     training_job_options,
     uses_api,
 )
+from fashionblip2.datasets.scores import SCORES
 from fashionblip2.pairing.embedding_file import shard_bounds
 from fashionblip2.sources.manifest import count_for_pairing
 
@@ -334,9 +335,6 @@ def backbone_dir():
     return TRAINED_BACKBONE if name == "train" else name
 
 
-SCORE_NAMES = ["caption_faithfulness", "grounding", "discriminative", "form"]
-
-
 def score_settings():
     """What changes the scores: scores.* besides how the job runs, and the pairing's shortlist settings."""
     section = config["scores"]
@@ -440,8 +438,7 @@ def table_inputs(wildcards):
     if wildcards.number == "3":
         models = [("stage1", ex["table3"]["without_finetuning"]), ("stage2", ex["table3"]["with_finetuning"])]
     elif wildcards.number == "6":
-        pairs = [(v, cfg.unfiltered_variant(v)) for v in ex["table6"]["variants"]]
-        models = [(s, name) for s in ("stage1", "stage2") for pair in pairs for name in pair]
+        models = [(s, name) for s in ("stage1", "stage2") for name in cfg.table6_variants(ex)]
     elif wildcards.number == "4":
         models = [("stage2", e[k]) for e in ex["table4"] for k in ("without_facap", "with_facap")]
     else:

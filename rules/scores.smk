@@ -79,7 +79,7 @@ rule score_validity:
         truth=f"--ground-truth {GROUND_TRUTH}" if uses_synthetic_world() else "",
         planted=as_json(planted_errors()),
         backend=config["annotation"]["modification"]["backend"],
-        columns=as_json(SCORE_NAMES),
+        columns=as_json(list(SCORES)),
         thresholds=as_json(config["scores"]["thresholds"]),
         samples=config["scores"]["validity"]["samples"],
         seed=config["scores"]["validity"]["seed"],
