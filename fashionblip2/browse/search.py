@@ -32,7 +32,7 @@ from fashionblip2.common.images import load_rgb
 from fashionblip2.model.processing import normalise, target_pad
 
 INDEXES = "results/index"  # results/index/<stage>/<variant>, as rules/common.smk's SEARCH_INDEX
-MODELS = "models"  # models/<stage>/<variant>, as rules/common.smk's MODEL
+MODELS = "models"  # models/<stage>/<variant>: for an index that records no model folder
 
 MAX_TEXT_CHARS = 1_000  # the paper's texts are under 300 characters; the tokenizer cuts at 128 tokens anyway
 MAX_UPLOAD_BYTES = 20 * 2**20
@@ -139,15 +139,26 @@ def check_text(text: Any) -> str:
 # --- models and indexes ------------------------------------------------------------------------
 
 
+def _index_model(root: Path, index_dir: Path, name: str) -> Path | None:
+    """The model an index was built from: the folder its ids.json names (relative to the run, as the
+    workflow writes it: the first seed's model), else models/<stage>/<variant>. A folder outside the
+    run is not loaded (None)."""
+    recorded = json.loads((index_dir / "ids.json").read_text(encoding="utf-8")).get("model")
+    if not recorded:
+        return root / MODELS / name
+    path = (root / recorded).resolve()
+    return path if path.is_relative_to(root.resolve()) else None
+
+
 def discover(root: Path) -> dict[str, tuple[Path, Path]]:
     """``<stage>/<variant>`` -> (model folder, index folder), for every index under results/index
     whose model exists."""
     found = {}
     for index_dir in sorted((root / INDEXES).glob("*/*")):
         name = f"{index_dir.parent.name}/{index_dir.name}"
-        model_dir = root / MODELS / name
         if (index_dir / "gallery.faiss").is_file() and (index_dir / "ids.json").is_file():
-            if (model_dir / "config.json").is_file():
+            model_dir = _index_model(root, index_dir, name)
+            if model_dir is not None and (model_dir / "config.json").is_file():
                 found[name] = (model_dir, index_dir)
     return found
 

@@ -126,8 +126,15 @@ def evaluate_queries(
     return {"categories": per_category, "summary": summary, "chance": chance}, pd.DataFrame(rows)
 
 
-def save_index(vectors: np.ndarray, ids: Sequence[str], paths: Sequence[str], out_dir: str | os.PathLike[str]) -> None:
-    """A FAISS exact inner-product index with its ids and image paths, written as one folder, atomically."""
+def save_index(
+    vectors: np.ndarray,
+    ids: Sequence[str],
+    paths: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
+) -> None:
+    """A FAISS exact inner-product index with its ids and image paths, written as one folder, atomically;
+    ``model``: the model folder the vectors come from (as given), which the browser pairs it with."""
     import faiss
 
     from fashionblip2.common.io import atomic_directory, dumps_json
@@ -136,7 +143,8 @@ def save_index(vectors: np.ndarray, ids: Sequence[str], paths: Sequence[str], ou
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     with atomic_directory(out_dir) as tmp:
         faiss.write_index(index, str(tmp / "gallery.faiss"))
-        (tmp / "ids.json").write_text(dumps_json({"ids": list(ids), "paths": list(paths)}), encoding="utf-8")
+        meta = {"ids": list(ids), "paths": list(paths)} | ({"model": str(model)} if model is not None else {})
+        (tmp / "ids.json").write_text(dumps_json(meta), encoding="utf-8")
 
 
 def load_index(index_dir: str | os.PathLike[str]):

@@ -158,13 +158,17 @@ def make_run(root: Path) -> Path:
     model = FashionBLIP2(FashionBLIP2Config(blip2=blip2, num_heads=4, head_dim=16, max_text_length=16)).eval()
     paths = {r["image_id"]: str(run / r["path"]) for r in rows if r["source"] == "fashioniq"}
     vectors = encode_gallery(model, ImageStore(paths, 32), fiq_ids, torch.device("cpu"))
-    for name in (MODEL_A, MODEL_B):
-        model.save_pretrained(run / "models" / name)
-        tokenizer.save_pretrained(run / "models" / name)
-        save_index(
-            vectors, fiq_ids, [r["path"] for r in rows if r["source"] == "fashioniq"], run / "results/index" / name
-        )
+    # MODEL_A where an index without a recorded model looks (models/<stage>/<variant>); MODEL_B as the
+    # workflow lays out seeds (models/<stage>/<variant>/seed0, named in its index).
+    for name, folder in ((MODEL_A, f"models/{MODEL_A}"), (MODEL_B, f"models/{MODEL_B}/seed0")):
+        model.save_pretrained(run / folder)
+        tokenizer.save_pretrained(run / folder)
+        fiq_paths = [r["path"] for r in rows if r["source"] == "fashioniq"]
+        save_index(vectors, fiq_ids, fiq_paths, run / "results/index" / name, model=folder if name == MODEL_B else None)
     save_index(vectors, fiq_ids, list(paths.values()), run / "results/index/stage2/no_model")  # no model: not offered
+    # An index naming a model folder outside the run is not offered either, though the folder holds one.
+    model.save_pretrained(run.parent / "outside_model")
+    save_index(vectors, fiq_ids, list(paths.values()), run / "results/index/stage2/outside", model="../outside_model")
     return run
 
 
@@ -216,7 +220,8 @@ def test_meta_lists_the_datasets_models_and_leakage(client):
         ("enhfashioniq", 4),
         ("fashioniq", 12),
     ]
-    assert meta["models"] == [MODEL_A, MODEL_B]  # stage 2 first; the index without a model is not offered
+    # Stage 2 first; the index without a model, and the one naming a folder outside the run, are not offered.
+    assert meta["models"] == [MODEL_A, MODEL_B]
     assert meta["leakage"] == {"pairs": 2} and meta["triplets"]["flagged"] == 4
     assert set(meta["triplets"]["scores"]) == {"caption_faithfulness", "grounding", "discriminative", "form"}
     page = client.get("/")
