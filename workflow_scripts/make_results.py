@@ -11,8 +11,13 @@
 
 Each evaluation is a pair of files written by evaluate_model.py, given in the same order:
 --results <dataset>.json ... --rankings <dataset>_rankings.parquet ...; they say themselves which
-model (stage, variant) and evaluation set they hold. Every number we compute gets a bootstrap 95 %
-interval over queries, and each comparison a table makes a paired test. A table is written to
+model (stage, variant), evaluation set, training seed ("seed", 0 if absent) and checkpoint
+("checkpoint": "last", the default, or "best", the best on FashionIQ val) they hold: pass every
+seed's files and the best-on-val ones. Every number we compute is the mean over the seeds with a
+bootstrap 95 % interval over seeds and queries; Tables 3-5 show the best-on-val FashionIQ numbers
+beside the last ones (left out when no best-on-val file is given); each comparison a table makes,
+between last checkpoints, gets a paired test (over queries with one seed, over seeds and queries
+with several). A table is written to
 --md, --csv (with the bounds), --tex and --differences; Figure 5 to --out (the PNG), --csv and
 --differences; Figure 6 to --out.
 
@@ -57,7 +62,9 @@ def main() -> None:
     parser.add_argument("what", choices=["table3", "table4", "table5", "table6", "figure5", "figure6"])
     parser.add_argument("--spec", required=True, help="JSON: the config entry of this table or figure")
     parser.add_argument("--variants", help="JSON: the settings of Table 5's variants")
-    parser.add_argument("--results", nargs="+", required=True, help="evaluation summaries (<dataset>.json)")
+    parser.add_argument(
+        "--results", nargs="+", required=True, help="evaluation summaries (<dataset>.json): every seed's, last and best"
+    )
     parser.add_argument("--rankings", nargs="+", required=True, help="their per-query rankings, in the same order")
     parser.add_argument("--bootstrap", required=True, help='JSON: {"samples": N, "seed": S} (evaluation.bootstrap)')
     parser.add_argument("--manifest", help="figure6: the manifest (image paths)")

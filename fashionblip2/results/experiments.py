@@ -1,6 +1,7 @@
 """The paper's experiment outputs, each written whole: Tables 3-5 (table, comparisons, notes) and
-Figures 5 and 6, from the evaluations the workflow passes in; and Table 6, beyond the paper
-(filtered against unfiltered FACap), written the same way."""
+Figures 5 and 6, from the evaluations the workflow passes in (every seed's, last and best on val);
+and Table 6, beyond the paper (filtered against unfiltered FACap), written the same way. Every
+number of ours is the mean over the seeds; Figure 6 shows the first seed's model."""
 
 from __future__ import annotations
 
@@ -66,12 +67,13 @@ def _write_experiment_table(
     """Tables 3-6 alike: what the table shows, how sure its numbers are, the chance level of our
     galleries, where our rows and the paper's come from; the paired differences as a section, their
     p-values Holm-adjusted over that section (the .csv keeps the numbers; the Markdown prints a p at
-    the permutation test's floor as ``< 1/draws``).
+    its test's floor as ``< bound``).
     ``reported_note``: None for a table without reported rows (Table 6), which must not claim any."""
     notes = [
         *about,
-        et.interval_note(evals.bootstrap),
-        et.differences_note(evals.bootstrap, len(differences)),
+        et.seeds_note(evals),
+        et.interval_note(evals.bootstrap, evals.seed_counts()),
+        et.differences_note(evals.bootstrap, differences, evals.seeds_text(), evals.seed_counts()),
         et.chance_note(evals, *chance_of),
         origin.scale,
         *([reported_note] if reported_note else []),
@@ -88,6 +90,8 @@ def write_table3(evals: et.Evaluations, spec: dict[str, str], origin: Origin, fi
         f"Without fine-tuning: trained on FACap only ({spec['without_finetuning']}); with fine-tuning: "
         f"FACap then FashionIQ train ({spec['with_finetuning']}), as the paper's rows (Table 5).",
     ]
+    models = [("stage1", spec["without_finetuning"]), ("stage2", spec["with_finetuning"])]
+    about += et.checkpoint_notes(evals, models, enhfashioniq=False)
     _write_experiment_table(
         evals,
         origin,
@@ -114,7 +118,7 @@ def write_table4(evals: et.Evaluations, spec: list[dict[str, str]], origin: Orig
         "Table 4: impact of FACap pretraining",
         et.table4(evals, spec, origin.rows),
         et.table4_comparisons(evals, spec),
-        about,
+        [*about, *et.checkpoint_notes(evals, et.table4_models(spec))],
         ("stage2", spec[0]["with_facap"]),
     )
 
@@ -137,7 +141,7 @@ def write_table5(
         "Table 5: ablation of FashionBLIP-2's components",
         et.table5(evals, names, variants, origin.rows),
         et.table5_comparisons(evals, names),
-        about,
+        [*about, *et.checkpoint_notes(evals, et.table5_models(names))],
         ("stage1", names[0]),
     )
 
@@ -184,7 +188,8 @@ def write_figure5(
     series, frame = et.fraction_series(evals, names)
     write_text_atomic(differences, as_numbers(et.figure5_comparisons(evals, names)).to_csv(index=False))
     write_text_atomic(csv, as_numbers(frame).to_csv(index=False))
-    caption = f"{epochs_note} Bands: {evals.bootstrap.level:.0%} bootstrap intervals over queries. {origin.footer()}"
+    over = "queries" if evals.seed_counts() == {1} else f"seeds and queries, around the mean over {evals.seeds_text()}"
+    caption = f"{epochs_note} Bands: {evals.bootstrap.level:.0%} bootstrap intervals over {over}. {origin.footer()}"
     recall_curve(
         [f for f, _ in names],
         series,
@@ -199,9 +204,12 @@ def write_figure6(
 ) -> None:
     paths = manifest_paths(manifest)
     rows = []
+    seeds = set()
     for dataset, which in (("fashioniq", "best"), ("enhfashioniq", "best"), ("fashioniq", "worst")):
-        ranks = evals[spec["stage"], spec["variant"], dataset].rankings
-        row = qualitative_row(ranks, dataset, which, paths, int(spec["top_k"]))
+        found = evals[spec["stage"], spec["variant"], dataset]  # the last checkpoint
+        seeds.add(found.seeds[0])
+        row = qualitative_row(found.rankings, dataset, which, paths, int(spec["top_k"]))  # its first seed's
         if row is not None:
             rows.append(row)
-    contact_sheet(rows, png, title=f"Figure 6: {spec['variant']} ({spec['stage']}). {origin.footer()}")
+    model = f"{spec['variant']} ({spec['stage']}, {', '.join(f'seed {s}' for s in sorted(seeds))})"
+    contact_sheet(rows, png, title=f"Figure 6: {model}. {origin.footer()}")

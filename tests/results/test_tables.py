@@ -144,13 +144,13 @@ def test_comparisons_report_each_pair_with_its_interval_and_test(evals):
     assert diff["Comparison"].tolist() == ["M: with FACap minus without"] * 2
     fiq = diff.iloc[0]["Avg difference"]
     assert fiq.value == pytest.approx(20) and fiq.low > 0  # 20 points on 300 queries: clearly significant
-    assert diff.iloc[0]["Significant (95 %)"] == "yes" and diff.iloc[0]["p (permutation)"] < 0.05
+    assert diff.iloc[0]["Significant (95 %)"] == "yes" and diff.iloc[0]["p"] < 0.05
     assert list(diff.columns) == et.COMPARISON_COLUMNS
     t5 = et.table5_comparisons(evals, ["a", "b", "c"])
     assert t5["Comparison"].tolist()[:2] == ["b minus a (no fine-tuning)"] * 2 and len(t5) == (2 * 2 + 3) * 2
     assert t5["Comparison"].tolist()[-1] == "c: with minus without fine-tuning"
     # The family is the whole section: every row of Table 5's comparisons, both evaluation sets.
-    raw = t5["p (permutation)"].astype(float).to_numpy()
+    raw = t5["p"].astype(float).to_numpy()
     assert t5["p (Holm)"].astype(float).tolist() == pytest.approx(holm(raw).tolist())
     assert (t5["Significant (95 %)"] == np.where(holm(raw) < 0.05, "yes", "no")).all()
     assert (t5["p at floor"] == np.where(raw == permutation_floor(200), "yes", "no")).all()
@@ -183,10 +183,10 @@ def test_significant_means_the_holm_p_and_the_interval_stays_unadjusted():
     assert diff["p at floor"].tolist() == ["no", "no", "yes", "no"]
     assert [d.interval for d in given] == diff["Avg difference"].tolist()  # the intervals as computed
     shown = for_display(diff, 3)
-    assert shown["p (permutation)"].tolist() == ["0.030", "0.040", "< 0.001", "0.500"]
+    assert shown["p"].tolist() == ["0.030", "0.040", "< 0.001", "0.500"]
     assert shown["p (Holm)"].tolist() == ["0.090", "0.090", "< 0.004", "0.500"]
     csv = pd.read_csv(io.StringIO(as_numbers(diff).to_csv(index=False)))
-    assert csv["p (permutation)"].tolist() == [0.03, 0.04, floor, 0.5]  # the numbers, not the display
+    assert csv["p"].tolist() == [0.03, 0.04, floor, 0.5]  # the numbers, not the display
     assert csv.loc[2, "p (Holm)"] == pytest.approx(4 * floor)
 
 
@@ -204,10 +204,10 @@ def test_the_written_table_has_its_differences_section_and_csv(evals, tmp_path):
     assert "'Significant (95 %)' is Holm p < 0.05" in md and "(unadjusted" in md
     assert "200 sign-flip draws" in md and "over the section's 2 rows" in md
     diff = pd.read_csv(tmp_path / "t4_diff.csv")
-    assert {"Avg difference", "Avg difference low", "Avg difference high", "p (permutation)"} <= set(diff.columns)
+    assert {"Avg difference", "Avg difference low", "Avg difference high", "p"} <= set(diff.columns)
     assert {"p (Holm)", "p at floor", "Significant (95 %)"} <= set(diff.columns)
     # 10 points on 300 queries: no sign flip of 200 is as extreme; the .csv keeps 1/201, the .md says "< 0.005".
-    assert diff["p (permutation)"].tolist() == [1 / 201] * 2 and diff["p at floor"].tolist() == ["yes"] * 2
+    assert diff["p"].tolist() == [1 / 201] * 2 and diff["p at floor"].tolist() == ["yes"] * 2
     assert diff["p (Holm)"].tolist() == pytest.approx([2 / 201] * 2)
     section = md.split("## Differences")[1]
     assert section.count("| < 0.005 ") == 2 and section.count("| < 0.01 ") == 2
