@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 VERIFY_LEVELS = ("exists", "header", "decode")
+# How a model's images become RGB (config images.mode, carried by a FashionBLIP-2 model's config as
+# image_mode; fashionblip2.model.processing applies it): "rgb" converts the file to 8-bit RGB first
+# (load_rgb), then pads and resizes; "sprc" pads and resizes the image in the mode its file stores
+# and converts to RGB last, as SPRC's and CLIP4Cir's targetpad_transform do. Identical for RGB files.
+IMAGE_MODES = ("rgb", "sprc")
 
 
 @dataclass(frozen=True)
@@ -52,21 +58,34 @@ def check_image(path: str | os.PathLike[str], level: str = "decode") -> ImageChe
     return ImageCheck(width=width, height=height, mode=mode)
 
 
-def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+def load_rgb(path: str | os.PathLike[str] | IO[bytes]) -> Image.Image:
     """Open an image as RGB. Grayscale, palette, CMYK and alpha images are converted (alpha over white);
     16-bit and float images are scaled to 8 bits (PIL's own conversion clips them: mostly white)."""
     with Image.open(path) as img:
         img.load()
-        if img.mode == "RGB":
-            return img.copy()
-        if img.mode.startswith("I") or img.mode == "F":
-            return _high_depth_to_rgb(img)
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGB", rgba.size, (255, 255, 255))
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            return background
-        return img.convert("RGB")
+        return to_rgb(img)
+
+
+def load_as_stored(path: str | os.PathLike[str] | IO[bytes]) -> Image.Image:
+    """Open an image in the mode its file stores (palette, CMYK, 16-bit, alpha, ... kept), decoded
+    whole: what ``PIL.Image.open`` gives SPRC's and CLIP4Cir's preprocessing."""
+    with Image.open(path) as img:
+        img.load()
+        return img.copy()
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An image as 8-bit RGB, as :func:`load_rgb` converts it (a copy when it is RGB already)."""
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode.startswith("I") or img.mode == "F":
+        return _high_depth_to_rgb(img)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
 
 
 def _high_depth_to_rgb(img: Image.Image) -> Image.Image:

@@ -7,6 +7,8 @@ from typing import Any
 
 from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, PretrainedConfig
 
+from fashionblip2.common.images import IMAGE_MODES
+
 MATCHING = ("multihead", "global")
 # How the multi-head similarity combines the heads' cosines: "per_head", their mean, keeps it in
 # [-1, 1] like the global cosine, so one temperature gives both matchings the same logit scale;
@@ -14,6 +16,9 @@ MATCHING = ("multihead", "global")
 SIMILARITY_SCALES = ("per_head", "sum")
 # A saved config without the key was written before the option existed, by code that summed.
 LEGACY_SIMILARITY_SCALE = "sum"
+# The range the learnt temperature is clamped to (FashionBLIP2.temperature, BLIP-2's): a start
+# outside it would sit on the clamp, whose gradient is zero, and never move.
+TEMPERATURE_RANGE = (0.001, 0.5)
 
 
 class FashionBLIP2Config(PretrainedConfig):
@@ -30,12 +35,20 @@ class FashionBLIP2Config(PretrainedConfig):
         init_temperature: float = 0.07,
         max_text_length: int = 128,
         similarity_scale: str = "per_head",
+        image_mode: str = "rgb",
         **kwargs: Any,
     ):
         if matching not in MATCHING:
             raise ValueError(f"matching must be one of {MATCHING}, not {matching!r}")
         if similarity_scale not in SIMILARITY_SCALES:
             raise ValueError(f"similarity_scale must be one of {SIMILARITY_SCALES}, not {similarity_scale!r}")
+        if image_mode not in IMAGE_MODES:
+            raise ValueError(f"image_mode must be one of {IMAGE_MODES}, not {image_mode!r}")
+        low, high = TEMPERATURE_RANGE
+        if not low <= init_temperature <= high:
+            raise ValueError(
+                f"init_temperature must be in [{low}, {high}] (the temperature's clamp), not {init_temperature}"
+            )
         if isinstance(blip2, Blip2Config):
             blip2 = blip2.to_dict()
         self.blip2 = blip2 or tiny_blip2_config().to_dict()
@@ -44,9 +57,16 @@ class FashionBLIP2Config(PretrainedConfig):
         self.matching = matching
         self.num_heads = num_heads
         self.head_dim = head_dim
-        self.init_temperature = init_temperature  # "temperature" is a generation parameter name in transformers
+        # The learnable temperature's value when the heads are created (a model built from a BLIP-2
+        # backbone); a saved FashionBLIP-2 loads its learnt one over it. ("temperature" is a
+        # generation parameter name in transformers.)
+        self.init_temperature = init_temperature
         self.max_text_length = max_text_length
         self.similarity_scale = similarity_scale
+        # Where images become RGB: "rgb" first, "sprc" after TargetPad (fashionblip2.model.processing).
+        # A config without the key was saved before the option, by code that converted first: the
+        # default, "rgb", is what it was trained with.
+        self.image_mode = image_mode
         super().__init__(**kwargs)
 
     @classmethod

@@ -11,7 +11,12 @@
   heads' cosines (``similarity_scale="per_head"``; ``"sum"``, their sum, is the older behaviour),
   which is the inner product of the 12 L2-normalised heads, each scaled by 1/sqrt(12), concatenated,
   so a gallery is encoded once and searched by inner product. ``global``: the mean token, one cosine.
-- One learnable temperature divides the similarity in the loss. The mean keeps the multi-head
+- One learnable temperature divides the similarity in the loss; it starts at the config's
+  ``init_temperature`` when the heads are created (a model built from a BLIP-2 backbone: stage 1, or
+  stage 2 without FACap), and a saved FashionBLIP-2 (stage 2 after stage 1) keeps its learnt one.
+  No backbone temperature is read: transformers' ``Blip2ForImageTextRetrieval`` has no such
+  parameter (so a checkpoint's learnt ITC temperature, if it holds one, is not loaded), and the
+  embedded default's pretraining saves the backbone alone. The mean keeps the multi-head
   similarity in [-1, 1] like the global cosine, so both matchings start at the same logit scale
   and can reach the same ones; the sum would make multi-head logits num_heads times sharper.
 - The caption is one vector; every query head is compared with it, so CTR's similarity is again
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Blip2ForImageTextRetrieval, PreTrainedModel
 
-from fashionblip2.model.configuration import FashionBLIP2Config, load_backbone_config
+from fashionblip2.model.configuration import TEMPERATURE_RANGE, FashionBLIP2Config, load_backbone_config
 from fashionblip2.model.gather import gather_with_grad
 
 # BLIP-2 retrieval heads that FashionBLIP-2 does not use (it has its own matching heads).
@@ -216,7 +221,7 @@ class FashionBLIP2(PreTrainedModel):
 
     @property
     def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp().clamp(0.001, 0.5)
+        return self.log_temperature.exp().clamp(*TEMPERATURE_RANGE)
 
     # --- training ----------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ METRICS = "metrics.jsonl"
 
 
 WEIGHT_DECAY_EXEMPTIONS = ("none", "biases_and_norms")
+LR_SCALINGS = ("none", "linear", "sqrt")
 _NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase)
 
 
@@ -95,6 +96,12 @@ class TrainConfig:
     # training.weight_decay_exempt: none (decay on every parameter, as SPRC's optimiser) |
     # biases_and_norms (none on them, as LAVIS: :func:`decay_groups`)
     weight_decay_exempt: str
+    # training.<run>.lr_scaling: none (the optimiser's lr is ``lr``) | linear | sqrt (``lr`` times
+    # batch_size / lr_reference_batch_size, or its square root: :attr:`effective_lr`), with
+    # lr_reference_batch_size the batch ``lr`` was tuned at (SPRC's 2e-5: 128). Defaulted, unlike the
+    # fields above: a recipe (and a checkpoint) from before the switch trains with ``lr`` as given.
+    lr_scaling: str = "none"
+    lr_reference_batch_size: int | None = None
 
     def __post_init__(self):
         if self.weight_decay_exempt not in WEIGHT_DECAY_EXEMPTIONS:
@@ -105,6 +112,13 @@ class TrainConfig:
             raise ValueError(f"schedule must be cosine or onecycle, not {self.schedule!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {self.precision!r}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, not {self.lr_scaling!r}")
+        if self.lr_scaling != "none" and not (self.lr_reference_batch_size or 0) >= 1:
+            raise ValueError(
+                f"lr_scaling {self.lr_scaling} needs lr_reference_batch_size (the batch lr was tuned at), "
+                f"not {self.lr_reference_batch_size!r}"
+            )
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
     # How a run is computed, not what it computes: a job may move to another device (or turn
@@ -113,11 +127,31 @@ class TrainConfig:
 
     # Fields added after checkpoints were first written: a checkpoint without one was trained with
     # torch's value (AdamW's eps, OneCycleLR's div_factor), which is what it resumes with.
-    ADDED_FIELDS = {"eps": 1e-8, "onecycle_div_factor": 25.0, "weight_decay_exempt": "none"}
+    # One from before lr scaling trained with lr as given (none; its reference batch meant nothing).
+    ADDED_FIELDS = {
+        "eps": 1e-8,
+        "onecycle_div_factor": 25.0,
+        "weight_decay_exempt": "none",
+        "lr_scaling": "none",
+        "lr_reference_batch_size": None,
+    }
 
     def resume_key(self) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed."""
-        return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS} | {"betas": list(self.betas)}
+        """What must match for a checkpoint to be resumed. Under lr_scaling none the reference batch
+        changes nothing, so it is not part of the key (None)."""
+        key = {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS} | {"betas": list(self.betas)}
+        if self.lr_scaling == "none":
+            key["lr_reference_batch_size"] = None
+        return key
+
+    @property
+    def effective_lr(self) -> float:
+        """The optimiser's learning rate (the peak of its schedule): ``lr`` scaled from the reference
+        batch to ``batch_size`` as ``lr_scaling`` says (linear: x batch/reference; sqrt: x its root)."""
+        if self.lr_scaling == "none":
+            return self.lr
+        ratio = self.batch_size / self.lr_reference_batch_size
+        return self.lr * (ratio if self.lr_scaling == "linear" else math.sqrt(ratio))
 
     def resumes(self, saved: dict[str, Any]) -> bool:
         """Whether a checkpoint written with config ``saved`` continues this run."""
@@ -144,10 +178,27 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarr
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The run's schedule, on the optimiser's groups set to :attr:`TrainConfig.effective_lr` (the
+    scaled lr is the schedule's peak: warm-up and cosine, or one-cycle's ``max_lr``); logged."""
+    lr = cfg.effective_lr
+    if cfg.lr_scaling == "none":
+        log.info("learning rate %g (as given)", lr)
+    else:
+        log.info(
+            "learning rate %g: %g at batch %d, scaled (%s) to batch %d",
+            lr,
+            cfg.lr,
+            cfg.lr_reference_batch_size,
+            cfg.lr_scaling,
+            cfg.batch_size,
+        )
+    optimizer.defaults["lr"] = lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr  # a fresh optimiser's; LambdaLR takes it as each group's base lr
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=cfg.lr,
+            max_lr=lr,
             total_steps=max(cfg.steps, 2),
             pct_start=min(0.3, max(cfg.warmup_steps, 1) / max(cfg.steps, 2)),
             div_factor=cfg.onecycle_div_factor,
