@@ -19,7 +19,7 @@ import random
 import shutil
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -318,7 +318,10 @@ def train_cir(
     cache_features: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
+    validate: Callable[[torch.nn.Module, int], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """Stage 1 or 2: CIR (and CTR) training on triplets (:func:`cir_training_batches`), validated by
+    ``validate`` (a :class:`fashionblip2.training.validation.FashionIQValidator`) if given."""
     if with_captions and data.target_caption is None:
         raise ValueError("CTR needs target captions; this dataset has none (FashionIQ: use losses [cir])")
     from fashionblip2.training.distributed import init_from_env
@@ -337,7 +340,17 @@ def train_cir(
         device=device,
         cache_features=cache_features,
     )
-    return train(model, len(data), make_batch, loss_fn, cfg, checkpoint_dir, progress=progress, stop_after=stop_after)
+    return train(
+        model,
+        len(data),
+        make_batch,
+        loss_fn,
+        cfg,
+        checkpoint_dir,
+        progress=progress,
+        stop_after=stop_after,
+        validate=validate,
+    )
 
 
 def save_run(
@@ -413,8 +426,17 @@ def train_backbone(
     return train(model, len(keys), make_batch, loss_fn, cfg, checkpoint_dir, progress=progress, stop_after=stop_after)
 
 
-def train_config(run: dict[str, Any], common: dict[str, Any]) -> TrainConfig:
-    """A run's TrainConfig from config: its own section (steps, lr, ...) plus the shared keys."""
+def train_config(run: dict[str, Any], common: dict[str, Any], *, seed: int | None = None) -> TrainConfig:
+    """A run's TrainConfig from config: its own section (steps, lr, ...) plus the shared keys.
+
+    ``validate_every`` is 0 where the section has none (the pretraining run never validates).
+    ``seed``, when given, is the run's seed (a training script's ``--seed``: one run of several
+    seeds), whatever the sections say; without it, the sections must give one."""
     keys = ("seed", "device", "precision", "gradient_checkpointing", "weight_decay_exempt")
     shared = {k: common[k] for k in keys if k in common}
-    return TrainConfig(**{**run, **shared})
+    fields = {"validate_every": 0, **run, **shared}
+    if seed is not None:
+        fields["seed"] = seed
+    if "seed" not in fields:
+        raise ValueError("no seed: the training settings give none and none was passed (--seed)")
+    return TrainConfig(**fields)

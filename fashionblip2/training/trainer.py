@@ -7,17 +7,23 @@ It owns what makes a run reproducible and resumable, and nothing model-specific:
 - a checkpoint every ``checkpoint_every`` steps, written atomically: model, optimiser, schedule,
   step, RNG states; ``train`` resumes from it when it exists;
 - a non-finite loss stops the run with the step and the loss parts, before the weights are touched;
-- a progress bar and a JSONL metrics log (trimmed back to the checkpoint on resume).
+- a progress bar and a JSONL metrics log (trimmed back to the checkpoint on resume);
+- optionally, a validation curve: a ``validate(model, step)`` callable run every ``validate_every``
+  steps and after the last, its points kept beside the checkpoint (``validation.jsonl``, and each
+  point's per-query rankings in ``validation/step-<N>.parquet``), trimmed back like the metrics.
+  Validation changes nothing in the training (model modes and every RNG are restored around it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fashionblip2.common.io import atomic_path
+from fashionblip2.common.io import atomic_path, write_parquet_atomic
 from fashionblip2.common.runtime import resolve_device, seed_everything
 from fashionblip2.training.distributed import average_gradients, init_from_env, world
 from fashionblip2.training.grad_cache import grad_cache_step
@@ -34,6 +40,8 @@ from fashionblip2.training.grad_cache import grad_cache_step
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+VALIDATION = "validation.jsonl"  # one line per validation point: step, epoch and what validate returned
+VALIDATION_RANKINGS = "validation"  # a folder: step-<N>.parquet, the per-query rankings of each point
 
 
 WEIGHT_DECAY_EXEMPTIONS = ("none", "biases_and_norms")
@@ -96,6 +104,10 @@ class TrainConfig:
     # training.weight_decay_exempt: none (decay on every parameter, as SPRC's optimiser) |
     # biases_and_norms (none on them, as LAVIS: :func:`decay_groups`)
     weight_decay_exempt: str
+    # Steps between validation points (0: one point, after the last step); used only when ``train``
+    # is given a ``validate`` callable. training.<run>.validate_every; a recipe without it (the
+    # pretraining run's) gets 0 from ``train_config``.
+    validate_every: int
     # training.<run>.lr_scaling: none (the optimiser's lr is ``lr``) | linear | sqrt (``lr`` times
     # batch_size / lr_reference_batch_size, or its square root: :attr:`effective_lr`), with
     # lr_reference_batch_size the batch ``lr`` was tuned at (SPRC's 2e-5: 128). Defaulted, unlike the
@@ -119,6 +131,8 @@ class TrainConfig:
                 f"lr_scaling {self.lr_scaling} needs lr_reference_batch_size (the batch lr was tuned at), "
                 f"not {self.lr_reference_batch_size!r}"
             )
+        if self.validate_every < 0:
+            raise ValueError(f"validate_every must be 0 (after the last step only) or more, not {self.validate_every}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
     # How a run is computed, not what it computes: a job may move to another device (or turn
@@ -126,12 +140,19 @@ class TrainConfig:
     RUNTIME_FIELDS = ("device", "gradient_checkpointing")
 
     # Fields added after checkpoints were first written: a checkpoint without one was trained with
-    # torch's value (AdamW's eps, OneCycleLR's div_factor), which is what it resumes with.
+    # torch's value (AdamW's eps, OneCycleLR's div_factor), which is what it resumes with; one from
+    # before validation kept no curve (validate_every 0).
+    #
+    # validate_every is in the resume key although it changes no weight: the checkpoint folder holds
+    # the curve up to the checkpoint's step, and a run resumed with another cadence would continue it
+    # with points at other steps (a mixed curve, whose best point would depend on where the job was
+    # killed). Refused instead, as any other change: a curve is always one cadence, start to end.
     # One from before lr scaling trained with lr as given (none; its reference batch meant nothing).
     ADDED_FIELDS = {
         "eps": 1e-8,
         "onecycle_div_factor": 25.0,
         "weight_decay_exempt": "none",
+        "validate_every": 0,
         "lr_scaling": "none",
         "lr_reference_batch_size": None,
     }
@@ -157,6 +178,15 @@ class TrainConfig:
         """Whether a checkpoint written with config ``saved`` continues this run."""
         saved = self.ADDED_FIELDS | {k: v for k, v in saved.items() if k not in self.RUNTIME_FIELDS}
         return saved == self.resume_key()
+
+    def validates_at(self, step: int) -> bool:
+        """Whether a validation point follows step ``step`` (counted from 1): every ``validate_every``
+        steps, and always after the last."""
+        return bool(self.validate_every and step % self.validate_every == 0) or step == self.steps
+
+    def validation_steps(self, up_to: int) -> list[int]:
+        """The steps of the curve's points up to step ``up_to``."""
+        return [s for s in range(1, min(up_to, self.steps) + 1) if self.validates_at(s)]
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -223,6 +253,45 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+@contextlib.contextmanager
+def _untouched(model: torch.nn.Module) -> Iterator[None]:
+    """Run a block without leaving a trace on training: every RNG (python, numpy, torch, each CUDA
+    device's) and every module's train/eval mode are as before afterwards; the block runs in eval
+    mode without gradients."""
+    state = _rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        _set_rng_state(state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _validation_point(
+    validate: Callable[[torch.nn.Module, int], dict[str, Any]],
+    model: torch.nn.Module,
+    step: int,
+    epoch: int,
+    out: Path,
+) -> None:
+    """Run ``validate`` and keep its point: the rankings (a ``rankings`` DataFrame in what it returns,
+    if any) first, then the line of ``validation.jsonl``, which is what makes the point count."""
+    with _untouched(model):
+        result = dict(validate(model, step))
+    rankings = result.pop("rankings", None)
+    if rankings is not None:
+        write_parquet_atomic(out / VALIDATION_RANKINGS / f"step-{step}.parquet", rankings)
+    with open(out / VALIDATION, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, "epoch": epoch, **result}) + "\n")
+    log.info("validation at step %d: %s", step, result.get("summary", result))
+
+
 def train(
     model: torch.nn.Module,
     n_examples: int,
@@ -233,6 +302,7 @@ def train(
     *,
     progress: bool = True,
     stop_after: int | None = None,
+    validate: Callable[[torch.nn.Module, int], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if it exists.
 
@@ -244,6 +314,15 @@ def train(
     Under ``torchrun`` (WORLD_SIZE > 1) the run is data-parallel: ``cfg.batch_size`` is the global
     batch, each rank builds its slice of it, the model's losses gather embeddings across ranks (the
     negatives are the global batch), and rank 0 writes checkpoints and metrics.
+
+    ``validate(model, step)``, if given, runs after the optimiser step of every step where
+    ``cfg.validates_at(step)`` (every ``cfg.validate_every`` steps, and after the last), before that
+    step's checkpoint is written: so a checkpoint's folder holds every point up to its step. It gets
+    the plain module (not the DDP wrapper) in eval mode under ``torch.no_grad()``, on rank 0 only
+    (the other ranks wait at a barrier); modes and RNG states are restored after it, so the weights
+    are those of a run without it. It returns a JSON-able dict (a ``rankings`` DataFrame in it goes
+    to ``validation/step-<N>.parquet``); ``validation.jsonl`` gets ``{"step", "epoch", **the rest}``
+    (``epoch``: the 0-based epoch the step belongs to, as in ``metrics.jsonl``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -280,6 +359,15 @@ def train(
         log.info("resuming from %s at step %d of %d", out / CHECKPOINT, step, cfg.steps)
     if rank == 0:
         _trim_metrics(out / METRICS, step)
+        _trim_validation(out, step)
+        if validate is not None:
+            kept = [p["step"] for p in read_validation(out)]
+            if kept != cfg.validation_steps(step):
+                raise TrainingError(
+                    f"{out / CHECKPOINT} is at step {step} but {out / VALIDATION} holds points at steps "
+                    f"{kept}, not {cfg.validation_steps(step)}: it was trained without validation, or the "
+                    "curve was removed; use a new checkpoint folder to get a whole curve"
+                )
     trained = model
     if world_size > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
@@ -330,6 +418,11 @@ def train(
             metrics.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if validate is not None and cfg.validates_at(step):
+                if rank == 0:
+                    _validation_point(validate, model, step, epoch, out)
+                if world_size > 1:
+                    torch.distributed.barrier()  # the other ranks wait for rank 0's validation
             if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and rank == 0:
                 with atomic_path(out / CHECKPOINT) as tmp:
                     torch.save(
@@ -356,3 +449,22 @@ def _trim_metrics(path: Path, step: int) -> None:
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in kept))
+
+
+def _trim_validation(out: Path, step: int) -> None:
+    """Drop validation points past the checkpoint (their lines and rankings), as :func:`_trim_metrics`."""
+    _trim_metrics(out / VALIDATION, step)
+    folder = out / VALIDATION_RANKINGS
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = re.fullmatch(r"step-(\d+)\.parquet", path.name)
+            if match and int(match.group(1)) > step:
+                path.unlink()
+
+
+def read_validation(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The validation points kept in a checkpoint folder, in step order (none: an empty list)."""
+    path = Path(folder) / VALIDATION
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

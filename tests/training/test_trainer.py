@@ -134,8 +134,10 @@ def test_onecycle_starts_at_lr_over_div_factor_as_sprc_sets_it():
 
 
 def test_a_checkpoint_from_before_the_optimiser_fields_resumes_with_their_defaults():
-    cfg = train_config(steps=10)
+    cfg = train_config(steps=10, validate_every=0)
     old = {k: v for k, v in cfg.resume_key().items() if k not in TrainConfig.ADDED_FIELDS} | {"device": "cpu"}
     assert cfg.resumes(old)
-    assert not train_config(steps=10, eps=1e-7).resumes(old)  # it was trained with eps 1e-8
-    assert not train_config(steps=11).resumes(old)
+    assert not train_config(steps=10, eps=1e-7, validate_every=0).resumes(old)  # it was trained with eps 1e-8
+    assert not train_config(steps=11, validate_every=0).resumes(old)
+    # It kept no validation curve: a run that validates would continue it half-way.
+    assert not train_config(steps=10, validate_every=5).resumes(old)
