@@ -36,6 +36,7 @@ check_device_settings()
 
 wildcard_constraints:
     shard=r"\d+",
+    seed=r"\d+",
     source="fashion200k|deepfashion_mm|fashioniq",
     stage="stage1|stage2",
     variant="|".join(sorted(variants(), key=len, reverse=True)),

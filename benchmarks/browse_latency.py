@@ -13,7 +13,7 @@ Timed, alternating, on the same queries:
 - the floor: the index search alone, with the same query vectors.
 
 The reference's first (uncached) image encoding is timed too, for the record. The model is a
-run's (``--model``, default models/stage2/cir_mh when it exists) or random weights at the tiny or
+run's (``--model``, default models/stage2/cir_mh/seed0 when it exists) or random weights at the tiny or
 the paper size (``--config``; speed does not depend on the weights).
 
 Explorer: a run folder written in a temporary directory with a synthetic FACap of 227,680 rows
@@ -66,7 +66,7 @@ CHANGES = [
     "is looser",
     "has stripes",
 ]
-LOCAL_MODEL = Path(__file__).resolve().parents[1] / "models/stage2/cir_mh"
+LOCAL_MODEL = Path(__file__).resolve().parents[1] / "models/stage2/cir_mh/seed0"
 
 
 def modification_texts(rng: np.random.Generator, n: int) -> list[str]:

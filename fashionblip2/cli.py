@@ -1,6 +1,6 @@
 """The ``fashionblip2`` console command.
 
-    fashionblip2 search --model models/stage2/cir_mh --index results/index/stage2/cir_mh \\
+    fashionblip2 search --model models/stage2/cir_mh/seed0 --index results/index/stage2/cir_mh \\
         --image my_dress.jpg --text "is red and has shorter sleeves" --top-k 10 --sheet results.png
     fashionblip2 browse --run . --port 7860   # a local read-only web app: the datasets, search, leakage
     fashionblip2 store pin      # pin what the workflow starts from in the root data.dvc (config: dvc.pin)
@@ -38,8 +38,7 @@ def search(args: argparse.Namespace) -> int:
             f"{model.heads * model.config.head_dim}-d ones: index the gallery with this model"
         )
     tokenizer = load_tokenizer(args.model)
-    size = model.config.blip2_config().vision_config.image_size
-    pixels = ImageStore({"reference": args.image}, size, cache=False).pixels(["reference"])
+    pixels = ImageStore.for_model({"reference": args.image}, model, cache=False).pixels(["reference"])
     ids_t, mask = tokenize(tokenizer, [args.text], model.config.max_text_length)
     with torch.no_grad():
         query = model.query_embedding(pixels.to(device), ids_t.to(device), mask.to(device))
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         help="composed image retrieval: a reference image and a modification text against an indexed gallery",
         description="Print the top-k gallery images for a reference image and a text (and draw a contact sheet).",
     )
-    p.add_argument("--model", required=True, help="a trained FashionBLIP-2 folder (models/stage2/<variant>)")
+    p.add_argument("--model", required=True, help="a trained FashionBLIP-2 folder (models/stage2/<variant>/seed<N>)")
     p.add_argument("--index", required=True, help="a gallery index folder (results/index/<stage>/<variant>)")
     p.add_argument("--image", required=True, help="the reference image file")
     p.add_argument("--text", required=True, help="the modification text")

@@ -55,18 +55,57 @@ def annotation_job_options(config: dict[str, Any], stage: str) -> dict[str, Any]
 
 
 def training_result_settings(config: dict[str, Any], run: str) -> dict[str, Any]:
-    """A training run's own section (steps, lr, ...) with the shared keys that change its result."""
-    return {**config["training"][run], **pick(config["training"], TRAINING_RESULT_KEYS)}
+    """A training run's own section (steps, lr, ...) with the shared keys that change its result.
+    training.seed is the backbone pretraining's: stage 1 and 2 take theirs from experiments.seeds
+    (a path wildcard, so editing training.seed leaves every variant's model alone)."""
+    shared = pick(config["training"], TRAINING_RESULT_KEYS)
+    if run != "pretrain":
+        shared.pop("seed", None)
+    own = dict(config["training"][run])
+    if own["lr_scaling"] == "none":  # the reference batch scales nothing: editing it retrains nothing
+        own.pop("lr_reference_batch_size", None)
+    return {**own, **shared}
 
 
-MODEL_SETTING_KEYS = ("adapter_factor", "num_heads", "head_dim", "max_text_length", "similarity_scale")
+def validation_points(steps: int, every: int) -> int:
+    """How many times a training run evaluates on FashionIQ val: every ``every`` steps (0: never
+    during the run) and after the last step, which may be one of those."""
+    during = steps // every if every else 0
+    return during + (0 if every and steps % every == 0 else 1)
+
+
+def training_seconds(config: dict[str, Any], run: str, steps: int, validation_items: int) -> float:
+    """A training run's work at the stated throughput: its steps, and for stage 1 and 2 its
+    validations, each encoding FashionIQ val's gallery and queries (``validation_items``)."""
+    speed = config["throughput"]
+    seconds = steps * speed["train_s_per_step"][run]
+    if run != "pretrain":
+        points = validation_points(steps, config["training"][run]["validate_every"])
+        seconds += points * validation_items / speed["inference_images_per_s"]
+    return seconds
+
+
+def experiment_seeds(experiments: dict[str, Any]) -> list[int]:
+    """experiments.seeds: every variant is trained once per seed; the first names the models that
+    Figure 6, the search index and the release use."""
+    return list(experiments["seeds"])
+
+
+MODEL_SETTING_KEYS = (
+    "adapter_factor",
+    "num_heads",
+    "head_dim",
+    "max_text_length",
+    "similarity_scale",
+    "init_temperature",
+)
 
 
 def model_settings(config: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
     """The FashionBLIP-2 head settings a variant's training run builds its model with (model.<key>).
     How the heads' cosines combine means nothing to global matching (one head): left out there, so
     that editing it reruns only the multi-head variants."""
-    settings = pick(config["model"], MODEL_SETTING_KEYS)
+    settings = pick(config["model"], MODEL_SETTING_KEYS) | {"image_mode": config["images"]["mode"]}
     if variant["matching"] == "global":
         settings.pop("similarity_scale", None)
     return settings

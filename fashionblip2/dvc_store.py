@@ -4,7 +4,7 @@ Snakemake treat what was pulled as done.
 DVC only stores files here; Snakemake stays the pipeline. What the workflow starts from (the raw
 datasets, or the embedded default's synthetic world) is pinned by one root ``data.dvc``
 (``pin``): a clone that pulls it starts from exactly those bytes. Each intermediate gets its own
-``.dvc`` file beside it (``data/facap.dvc``, ``models/stage1/cir_mh.dvc``), so a clone can hold
+``.dvc`` file beside it (``data/facap.dvc``, ``models/stage1/cir_mh/seed0.dvc``), so a clone can hold
 any subset; a single ``data.dvc`` over all of ``data/`` would overlap them, which DVC forbids.
 After ``dvc pull`` the files have fresh modification times in a random order and the clone has no
 Snakemake metadata, so Snakemake may want to rerun pulled stages; ``pull`` therefore runs

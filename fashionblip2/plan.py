@@ -42,6 +42,7 @@ class Counts:
     paired: int  # images embedded and paired (pairing.sources; FashionIQ in pairing.fashioniq_splits)
     pairs: int  # one modification text each
     caption_images: int  # images of the pairs, one caption each
+    validation_items: int  # FashionIQ val images and queries: what each training validation encodes
     basis: dict[str, str] = field(default_factory=dict)
 
 
@@ -56,8 +57,11 @@ def stated_counts(config: dict[str, Any]) -> Counts:
     paired = sum(spec["images"][s]["paired"] for s in enabled if s in config["pairing"]["sources"])
     pairs = round(paired * spec["pairs_per_image"])
     stated = "stated (plan.images)"
+    validation = spec["fashioniq_val"]
+    basis = {k: stated for k in ("images", "paired", "pairs", "caption_images")}
+    basis["validation_items"] = "stated (plan.fashioniq_val)"
     # Every paired image is the reference of its own pair, so each is captioned once.
-    return Counts(images, paired, pairs, paired, {k: stated for k in ("images", "paired", "pairs", "caption_images")})
+    return Counts(images, paired, pairs, paired, validation["images"] + validation["queries"], basis)
 
 
 def measured_counts(config: dict[str, Any], manifest: Any | None, pairs: Any | None) -> Counts:
@@ -72,6 +76,10 @@ def measured_counts(config: dict[str, Any], manifest: Any | None, pairs: Any | N
         counts.pairs = round(counts.paired * config["plan"]["pairs_per_image"])
         counts.caption_images = counts.paired
         counts.basis.update({k: "counted (manifest)" for k in ("images", "paired", "pairs", "caption_images")})
+        categories = config["sources"]["fashioniq"]["categories"]
+        val = (manifest["source"] == "fashioniq") & (manifest["split"] == "val") & manifest["category"].isin(categories)
+        counts.validation_items = int(val.sum()) + config["plan"]["fashioniq_val"]["queries"]
+        counts.basis["validation_items"] = "images counted (manifest), queries stated (plan.fashioniq_val)"
     if pairs is not None:
         counts.pairs = len(pairs)
         ids = set(pairs["reference_id"]) | set(pairs["target_id"])
@@ -83,26 +91,30 @@ def measured_counts(config: dict[str, Any], manifest: Any | None, pairs: Any | N
 # --- jobs ------------------------------------------------------------------------------------------
 
 
-def evaluated_models(config: dict[str, Any]) -> set[tuple[str, str]]:
-    """(stage, variant) of every model the tables and figures evaluate."""
+def evaluated_models(config: dict[str, Any]) -> set[tuple[str, str, int]]:
+    """(stage, variant, seed) of every model the tables and figures evaluate: the tables' and Figure
+    5's at every seed of experiments.seeds, Figure 6's at the first."""
     ex = config["experiments"]
+    seeds = cfg.experiment_seeds(ex)
     models = {("stage1", ex["table3"]["without_finetuning"]), ("stage2", ex["table3"]["with_finetuning"])}
     models |= {("stage2", e[k]) for e in ex["table4"] for k in ("without_facap", "with_facap")}
     models |= {(s, v) for s in ("stage1", "stage2") for v in ex["table5"]}
     models |= {("stage1", name) for _, name in cfg.figure5_variants(ex)}
-    models.add((ex["figure6"]["stage"], ex["figure6"]["variant"]))
     if cfg.facap_filters(config["facap"]):  # Table 6: each listed variant and its unfiltered twin
         models |= {(s, n) for s in ("stage1", "stage2") for n in cfg.table6_variants(ex)}
-    return models
+    every_seed = {(s, v, seed) for s, v in models for seed in seeds}
+    return every_seed | {(ex["figure6"]["stage"], ex["figure6"]["variant"], seeds[0])}
 
 
-def trained_models(config: dict[str, Any]) -> dict[str, set[str]]:
-    """The variants each training stage trains: what is evaluated or searched, and the stage-1 model
-    each stage-2 run of a variant trained on FACap starts from."""
+def trained_models(config: dict[str, Any]) -> dict[str, set[tuple[str, int]]]:
+    """The (variant, seed) runs each training stage trains: what is evaluated or searched (the first
+    seed's), and the stage-1 model each stage-2 run of a variant trained on FACap starts from."""
     known = cfg.variants(config["experiments"])
-    models = evaluated_models(config) | {(config["search"]["stage"], config["search"]["variant"])}
-    stage2 = {v for s, v in models if s == "stage2"}
-    stage1 = {v for s, v in models if s == "stage1"} | {v for v in stage2 if cfg.has_facap_stage(known[v])}
+    first = cfg.experiment_seeds(config["experiments"])[0]
+    models = evaluated_models(config) | {(config["search"]["stage"], config["search"]["variant"], first)}
+    stage2 = {(v, seed) for s, v, seed in models if s == "stage2"}
+    stage1 = {(v, seed) for s, v, seed in models if s == "stage1"}
+    stage1 |= {(v, seed) for v, seed in stage2 if cfg.has_facap_stage(known[v])}
     return {"stage1": stage1, "stage2": stage2}
 
 
@@ -186,12 +198,15 @@ def job_work_seconds(config: dict[str, Any], counts: Counts, rule: str, jobs: in
     if rule in ("evaluate", "search_index", "triplet_scores"):
         return [counts.images / speed["inference_images_per_s"]] * jobs
     if rule == "pretrain":
-        return [config["training"]["pretrain"]["steps"] * speed["train_s_per_step"]["pretrain"]]
+        return [cfg.training_seconds(config, "pretrain", config["training"]["pretrain"]["steps"], 0)]
     if rule == "train_stage1":
-        per_step = speed["train_s_per_step"]["stage1"]
-        return [stage1_steps(config, v) * per_step for v in sorted(trained_models(config)["stage1"])]
+        return [
+            cfg.training_seconds(config, "stage1", stage1_steps(config, v), counts.validation_items)
+            for v, _ in sorted(trained_models(config)["stage1"])
+        ]
     if rule == "train_stage2":
-        return [config["training"]["stage2"]["steps"] * speed["train_s_per_step"]["stage2"]] * jobs
+        stage2 = cfg.training_seconds(config, "stage2", config["training"]["stage2"]["steps"], counts.validation_items)
+        return [stage2] * jobs
     return []
 
 

@@ -71,7 +71,7 @@ PILOT_MODIFICATION_BATCHES = "data/pilot/modifications.batches.json"
 
 def log_file(rule, name=None, suffix=".log"):
     """Every log path of the workflow, from this one place: logs/<rule>/<name><suffix>, where name is
-    the job's wildcards ("{shard}", "{stage}_{variant}") or the rule's own name for a rule that runs
+    the job's wildcards ("{shard}", "{stage}_{variant}_seed{seed}") or the rule's own name for a rule that runs
     once. A job's other log files (annotation failures) take a suffix."""
     return f"logs/{rule}/{name or rule}{suffix}"
 
@@ -113,9 +113,16 @@ TABLE2 = TABLE2_FILES["md"]
 
 TRAINED_TOKENIZER = "models/tokenizer"
 TRAINED_BACKBONE = "models/backbone"
-MODEL = "models/{stage}/{variant}"
-EVALUATION = "results/eval/{stage}/{variant}/{dataset}.json"
-RANKINGS = "results/eval/{stage}/{variant}/{dataset}_rankings.parquet"
+# One model per (stage, variant, seed): experiments.seeds.
+MODEL = "models/{stage}/{variant}/seed{seed}"
+EVALUATION = "results/eval/{stage}/{variant}/seed{seed}/{dataset}.json"
+RANKINGS = "results/eval/{stage}/{variant}/seed{seed}/{dataset}_rankings.parquet"
+# Written by the training run itself: its FashionIQ-val curve, and the best point of it (SPRC's
+# --save-best choice) as an evaluation file of the same format.
+VALIDATION_CURVE = "results/eval/{stage}/{variant}/seed{seed}/validation.json"
+BEST_EVALUATION = "results/eval/{stage}/{variant}/seed{seed}/fashioniq_best.json"
+BEST_RANKINGS = "results/eval/{stage}/{variant}/seed{seed}/fashioniq_best_rankings.parquet"
+# The search index of a (stage, variant): built from the first seed's model.
 SEARCH_INDEX = "results/index/{stage}/{variant}"
 EXPERIMENT_TABLE_FILES = table_files("results/tables/table{number}", tex=True, sections=["differences"])
 TABLES = {n: EXPERIMENT_TABLE_FILES["md"].format(number=n) for n in (3, 4, 5, 6)}
@@ -390,6 +397,15 @@ def variants():
     return cfg.variants(config["experiments"])
 
 
+def seeds():
+    return cfg.experiment_seeds(config["experiments"])
+
+
+def first_seed():
+    """The seed whose models Figure 6, the search index and the release use."""
+    return seeds()[0]
+
+
 def variant_spec(name):
     spec = dict(variants()[name])
     spec.pop("label", None)
@@ -404,14 +420,28 @@ def model_settings(wildcards):
     return as_json(cfg.model_settings(config, variants()[wildcards.variant]))
 
 
-def stage_model(stage, variant="{variant}"):
-    """A training stage's model folder (a pattern with the variant left as a wildcard by default)."""
-    return MODEL.format(stage=stage, variant=variant)
+def stage_model(stage, variant="{variant}", seed="{seed}"):
+    """A training stage's model folder (a pattern with the variant and seed left as wildcards by default)."""
+    return MODEL.format(stage=stage, variant=variant, seed=seed)
+
+
+def training_outputs(stage):
+    """A training run's outputs: its model folder, and its validation curve with the best point."""
+    keys = dict(stage=stage, variant="{variant}", seed="{seed}")
+    return {
+        "model": directory(stage_model(stage)),
+        "curve": VALIDATION_CURVE.format(**keys),
+        "best": BEST_EVALUATION.format(**keys),
+        "best_rankings": BEST_RANKINGS.format(**keys),
+    }
 
 
 def stage2_start(wildcards):
-    """Stage 2 fine-tunes the stage-1 model, or the backbone itself for a variant trained without FACap."""
-    return stage_model("stage1", wildcards.variant) if has_facap_stage(wildcards.variant) else backbone_dir()
+    """Stage 2 fine-tunes the same seed's stage-1 model, or the backbone itself for a variant trained
+    without FACap."""
+    if has_facap_stage(wildcards.variant):
+        return stage_model("stage1", wildcards.variant, wildcards.seed)
+    return backbone_dir()
 
 
 def dataset_file(pattern, dataset):
@@ -419,14 +449,19 @@ def dataset_file(pattern, dataset):
     return expand(pattern, dataset=dataset, allow_missing=True)[0]
 
 
-def evaluations(models):
-    """The evaluation files of (stage, variant) models on every evaluation set, as named inputs:
-    `results` (summaries) and `rankings` (per query), in the same order."""
-    keys = [dict(stage=s, variant=v, dataset=d) for s, v in models for d in EVAL_DATASETS]
-    return {
-        "results": [EVALUATION.format(**k) for k in keys],
-        "rankings": [RANKINGS.format(**k) for k in keys],
-    }
+def evaluations(models, seed_list=None, best=False):
+    """The evaluation files of (stage, variant) models, each seed of `seed_list` (default: all of
+    experiments.seeds), on every evaluation set, as named inputs: `results` (summaries) and
+    `rankings` (per query), in the same order; with `best`, also each run's best-on-val files."""
+    keys = [
+        dict(stage=s, variant=v, seed=seed) for s, v in models for seed in (seeds() if seed_list is None else seed_list)
+    ]
+    results = [EVALUATION.format(**k, dataset=d) for k in keys for d in EVAL_DATASETS]
+    rankings = [RANKINGS.format(**k, dataset=d) for k in keys for d in EVAL_DATASETS]
+    if best:
+        results += [BEST_EVALUATION.format(**k) for k in keys]
+        rankings += [BEST_RANKINGS.format(**k) for k in keys]
+    return {"results": results, "rankings": rankings}
 
 
 def check_experiment_names():
@@ -443,7 +478,8 @@ def table_inputs(wildcards):
         models = [("stage2", e[k]) for e in ex["table4"] for k in ("without_facap", "with_facap")]
     else:
         models = [(s, v) for s in ("stage1", "stage2") for v in ex["table5"]]
-    return evaluations(models)
+    # Tables 3-5 show the last and the best-on-val checkpoint; Table 6 the last.
+    return evaluations(models, best=wildcards.number != "6")
 
 
 def table_variants(wildcards):
@@ -455,6 +491,11 @@ def table_variants(wildcards):
 
 def search_index():
     return SEARCH_INDEX.format(stage=config["search"]["stage"], variant=config["search"]["variant"])
+
+
+def search_model(wildcards):
+    """The model a search index is built from: the first seed's."""
+    return stage_model(wildcards.stage, wildcards.variant, first_seed())
 
 
 def experiment_targets():
@@ -525,6 +566,8 @@ JOB_OPTIONS = {
     },
     "embed": "--device {device} --batch-size {batch_size} --workers {loader_workers}".format(**config["embedding"]),
     "evaluation": "--device {device} --batch-size {batch_size}".format(**config["evaluation"]),
+    # A training run's validation encodes as the evaluate rule does (its batch size: memory only).
+    "validation": "--validation-batch-size {batch_size}".format(**config["evaluation"]),
     "training": as_json(training_job_options(config)),
     "launcher": {name: launcher(name) for name in ("pretrain", "train_stage1", "train_stage2")},
     "checkpoints": {
@@ -663,7 +706,9 @@ def remove_empty_checkpoint_folders():
     folders = [JOB_OPTIONS["checkpoints"][name] for name in ("stage1", "stage2")]
     if not os.path.isabs(root):
         folders.append(root)
-    for folder in folders:
+    # A run's folder is <stage>/<variant>/seed<N>: the variant folders above go first.
+    variant_folders = [os.path.join(f, v) for f in folders[:2] if os.path.isdir(f) for v in sorted(os.listdir(f))]
+    for folder in variant_folders + folders:
         try:
             os.rmdir(folder)
         except OSError:  # missing, or not empty (another run's checkpoints): left alone
@@ -706,9 +751,24 @@ def caption_runtime(wildcards, input):
 
 
 def training_runtime(run):
-    """A training run's steps at the stated seconds per step."""
-    seconds = config["training"][run]["steps"] * config["throughput"]["train_s_per_step"][run]
-    return runtime_for(seconds, 1.0)
+    """A training run's steps at the stated seconds per step; stage 1 and 2 add their FashionIQ-val
+    validations (its images and queries at the stated inference speed, counted when the job is
+    submitted), which at paper scale are most of an hour per run."""
+    steps = config["training"][run]["steps"]
+    if run == "pretrain":
+        return runtime_for(cfg.training_seconds(config, run, steps, 0), 1.0)
+
+    def runtime(wildcards, input):
+        import pyarrow.parquet as pq
+
+        categories = config["sources"]["fashioniq"]["categories"]
+        images = pq.read_table(made(input.manifest), columns=["source", "split", "category"]).to_pandas()
+        queries = pq.read_table(made(input.triplets), columns=["split", "category"]).to_pandas()
+        items = int(((images.source == "fashioniq") & (images.split == "val") & images.category.isin(categories)).sum())
+        items += int(((queries.split == "val") & queries.category.isin(categories)).sum())
+        return runtime_for(cfg.training_seconds(config, run, steps, items), 1.0)
+
+    return runtime
 
 
 def inference_runtime(wildcards, input):
@@ -783,6 +843,8 @@ def release_models():
             raise WorkflowError(f"release.variants: variant {name!r} has facap_fraction 0: it has no stage-1 model")
     stage2_starts = section["stage"] == "stage2"
     return {
-        "models": [stage_model(section["stage"], v) for v in section["variants"]],
-        "starts": [stage_model("stage1", v) for v in section["variants"] if stage2_starts and has_facap_stage(v)],
+        "models": [stage_model(section["stage"], v, first_seed()) for v in section["variants"]],
+        "starts": [
+            stage_model("stage1", v, first_seed()) for v in section["variants"] if stage2_starts and has_facap_stage(v)
+        ],
     }

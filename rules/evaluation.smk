@@ -1,5 +1,5 @@
 # Stage: evaluation with the FashionIQ protocol (as SPRC and CLIP4Cir run it) on FashionIQ val and enhFashionIQ,
-# and the gallery index of `fashionblip2 search`.
+# for every seed's model, and the gallery index of `fashionblip2 search` (the first seed's model).
 # Scripts: evaluate_model.py (evaluate), build_search_index.py (search_index).
 
 
@@ -15,7 +15,7 @@ rule evaluate:
         enhfashioniq=dataset_file(EVALUATION, "enhfashioniq"),
         enhfashioniq_rankings=dataset_file(RANKINGS, "enhfashioniq"),
     log:
-        log_file("evaluate", "{stage}_{variant}"),
+        log_file("evaluate", "{stage}_{variant}_seed{seed}"),
     conda:
         "../envs/train.yaml"
     threads: rule_threads("evaluate")
@@ -37,7 +37,7 @@ rule evaluate:
 
 rule search_index:
     input:
-        model=MODEL,
+        model=search_model,
         manifest=MANIFEST,
     output:
         directory(SEARCH_INDEX),

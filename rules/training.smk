@@ -1,6 +1,8 @@
 # Stage: FashionBLIP-2 training (paper §4.4). The tokenizer and the "general-domain" backbone of
 # the embedded default, then stage 1 on FACap and stage 2 on FashionIQ for every variant of
-# experiments.variants. Checkpoints live outside the outputs, so a killed job resumes.
+# experiments.variants and seed of experiments.seeds; each run also keeps its FashionIQ-val curve
+# and best point (the tables' best-on-val numbers). Checkpoints live outside the outputs, so a
+# killed job resumes.
 # Params carry what changes a model; the device, GPUs (launcher), checkpoint folder and run label
 # are job_option params (rules/common.smk), so moving a run never retrains it.
 # Scripts: train_tokenizer.py (tokenizer), pretrain_backbone.py (pretrain), train_model.py for both
@@ -65,13 +67,15 @@ rule pretrain:
 rule train_stage1:
     input:
         manifest=MANIFEST,
+        triplets=MANIFEST_TRIPLETS,
         facap=training_facap,
+        fashioniq=fashioniq_input(),
         start=backbone_dir(),
         tokenizer=tokenizer_dir(),
     output:
-        directory(stage_model("stage1")),
+        **training_outputs("stage1"),
     log:
-        log_file("train_stage1", "{variant}"),
+        log_file("train_stage1", "{variant}_seed{seed}"),
     conda:
         "../envs/train.yaml"
     threads: rule_threads("train_stage1")
@@ -82,28 +86,35 @@ rule train_stage1:
         model=model_settings,
         recipe=as_json(training_result_settings(config, "stage1")),
         text_cleanup=config["text"]["cleanup"],
+        fashioniq_root=fashioniq_root(),
+        categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
         launcher=job_option(JOB_OPTIONS["launcher"]["train_stage1"]),
         job_options=job_option(JOB_OPTIONS["training"]),
+        validation=job_option(JOB_OPTIONS["validation"]),
         checkpoints=job_option(JOB_OPTIONS["checkpoints"]["stage1"]),
         provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage stage1 --variant {wildcards.variant}"
-        " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
-        " --manifest {input.manifest} --facap {input.facap} --text-cleanup {params.text_cleanup} --recipe {params.recipe:q} --job-options {params.job_options:q}"
-        " --checkpoints {params.checkpoints}/{wildcards.variant} --threads {threads} {params.provenance}"
-        " --out {output} 2> {log}"
+        " --seed {wildcards.seed} --spec {params.spec:q} --model-settings {params.model:q} --start {input.start}"
+        " --tokenizer {input.tokenizer} --manifest {input.manifest} --facap {input.facap}"
+        " --fashioniq-root {params.fashioniq_root} --categories {params.categories:q}"
+        " --text-cleanup {params.text_cleanup} --recipe {params.recipe:q} --job-options {params.job_options:q}"
+        " --checkpoints {params.checkpoints}/{wildcards.variant}/seed{wildcards.seed} --threads {threads}"
+        " {params.validation} --validation-curve {output.curve} --best-out {output.best} {output.best_rankings}"
+        " {params.provenance} --out {output.model} 2> {log}"
 
 
 rule train_stage2:
     input:
         manifest=MANIFEST,
+        triplets=MANIFEST_TRIPLETS,
         fashioniq=fashioniq_input(),
         start=stage2_start,
         tokenizer=tokenizer_dir(),
     output:
-        directory(stage_model("stage2")),
+        **training_outputs("stage2"),
     log:
-        log_file("train_stage2", "{variant}"),
+        log_file("train_stage2", "{variant}_seed{seed}"),
     conda:
         "../envs/train.yaml"
     threads: rule_threads("train_stage2")
@@ -118,11 +129,15 @@ rule train_stage2:
         categories=json.dumps(config["sources"]["fashioniq"]["categories"]),
         launcher=job_option(JOB_OPTIONS["launcher"]["train_stage2"]),
         job_options=job_option(JOB_OPTIONS["training"]),
+        validation=job_option(JOB_OPTIONS["validation"]),
         checkpoints=job_option(JOB_OPTIONS["checkpoints"]["stage2"]),
         provenance=job_option(JOB_OPTIONS["provenance"]),
     shell:
         "{params.launcher} workflow_scripts/train_model.py --stage stage2 --variant {wildcards.variant}"
-        " --spec {params.spec:q} --model-settings {params.model:q} --start {input.start} --tokenizer {input.tokenizer}"
-        " --manifest {input.manifest} --fashioniq-root {params.fashioniq_root} --categories {params.categories:q}"
-        " --text-cleanup {params.text_cleanup} --recipe {params.recipe:q} --job-options {params.job_options:q} --checkpoints {params.checkpoints}/{wildcards.variant}"
-        " --threads {threads} {params.provenance} --out {output} 2> {log}"
+        " --seed {wildcards.seed} --spec {params.spec:q} --model-settings {params.model:q} --start {input.start}"
+        " --tokenizer {input.tokenizer} --manifest {input.manifest}"
+        " --fashioniq-root {params.fashioniq_root} --categories {params.categories:q}"
+        " --text-cleanup {params.text_cleanup} --recipe {params.recipe:q} --job-options {params.job_options:q}"
+        " --checkpoints {params.checkpoints}/{wildcards.variant}/seed{wildcards.seed} --threads {threads}"
+        " {params.validation} --validation-curve {output.curve} --best-out {output.best} {output.best_rankings}"
+        " {params.provenance} --out {output.model} 2> {log}"

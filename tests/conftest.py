@@ -51,8 +51,9 @@ def model_settings(**overrides):
     from fashionblip2.config import MODEL_SETTING_KEYS
     from fashionblip2.training.runs import ModelSettings
 
-    model = default_config()["model"]
-    return ModelSettings(**{**{k: model[k] for k in MODEL_SETTING_KEYS}, **overrides})
+    config = default_config()
+    model = {k: config["model"][k] for k in MODEL_SETTING_KEYS} | {"image_mode": config["images"]["mode"]}
+    return ModelSettings(**{**model, **overrides})
 
 
 def synthetic_spec(override: dict) -> dict:

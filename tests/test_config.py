@@ -78,7 +78,10 @@ def test_job_options_never_overlap_the_settings_that_change_results(config):
         assert not set(answers) & set(run)
         assert {"backend", "max_words"} <= set(answers) and {"concurrency", "max_failed_fraction"} <= set(run)
     result = training_result_settings(config, "stage2")
-    assert result["lr"] == config["training"]["stage2"]["lr"] and {"seed", "precision"} <= set(result)
+    assert result["lr"] == config["training"]["stage2"]["lr"] and "precision" in result
+    # Stage 1 and 2 take their seed from experiments.seeds (a path wildcard); training.seed is the
+    # backbone pretraining's.
+    assert "seed" not in result and training_result_settings(config, "pretrain")["seed"] == config["training"]["seed"]
     assert set(training_job_options(config)) == {"device", "gradient_checkpointing", "cache_image_features"}
     assert not set(result) & set(training_job_options(config))
 
@@ -257,8 +260,12 @@ def library_defaults(keys: set[str]) -> set[str]:
 # The only defaults of config keys outside config.yaml, each for a reason that config.yaml cannot
 # serve (issue 21, item 5). Nothing else may have one: a new entry here needs a reason of these kinds.
 ALLOWED_LIBRARY_DEFAULTS = {
-    # Keys whose absence has a meaning (OPTIONAL_KEYS): a rule without `gpu` uses none.
+    # Keys whose absence has a meaning (OPTIONAL_KEYS): a rule without `gpu` uses none; a recipe
+    # without lr_reference_batch_size (dropped while lr_scaling is none, so that editing it retrains
+    # nothing) scales nothing, and one without lr_scaling (a checkpoint's from before it) none.
     "fashionblip2/plan.py: get(gpu)",
+    "fashionblip2/training/trainer.py: TrainConfig.lr_reference_batch_size",
+    "fashionblip2/training/trainer.py: TrainConfig.lr_scaling",
     # Names that are config keys by coincidence, not settings: jobs counted per rule (named like
     # training.<run> and resources.<rule>), the fields of a result (a download's report, a plan row,
     # a reading report built with the manifest's `strict`), and the SLURM request of one job, filled
@@ -270,6 +277,7 @@ ALLOWED_LIBRARY_DEFAULTS = {
     "fashionblip2/sources/download.py: SourceDownload.files",
     "fashionblip2/sources/download.py: SourceDownload.images",
     "fashionblip2/common/issues.py: InputReport.strict",
+    "fashionblip2/common/images.py: ImageCheck.mode",  # a file's PIL mode, as checked: not images.mode
     "fashionblip2/cluster.py: JobRequest.partition",
     "fashionblip2/cluster.py: JobRequest.mem_mb",
     "fashionblip2/cluster.py: JobRequest.gpu_model",
@@ -280,6 +288,12 @@ ALLOWED_LIBRARY_DEFAULTS = {
     "fashionblip2/browse/data.py: TripletQuery.categories",
     "fashionblip2/browse/data.py: TripletQuery.sources",
     "fashionblip2/browse/data.py: get(scores)",
+    # The fields of a table's numbers: an evaluation file's seed (files written before seeds were a
+    # config axis have none: seed 0), a paired difference's test and seed count, an evaluation's files.
+    "fashionblip2/results/tables.py: get(seed)",
+    "fashionblip2/results/tables.py: Evaluation.files",
+    "fashionblip2/results/significance.py: Difference.test",
+    "fashionblip2/results/significance.py: Difference.seeds",
 }
 
 

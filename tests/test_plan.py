@@ -77,8 +77,10 @@ def test_the_plan_runs_before_anything_and_counts_the_jobs_snakemake_runs(workfl
         r: n for r, n in pilot.items() if r.startswith("pilot")
     }
     config = yaml.safe_load((workflow_copy / "config.yaml").read_text())
-    # The same count from the library, for the default (Table 6 adds the unfiltered twin of cir_mh).
-    assert rule_jobs(config)["evaluate"] == 14
+    # The same count from the library, for the default (Table 6 adds the unfiltered twin of cir_mh):
+    # 14 models, each at both seeds; one seed fewer halves them.
+    assert rule_jobs(config)["evaluate"] == 28
+    assert rule_jobs({**config, "experiments": {**config["experiments"], "seeds": [0]}})["evaluate"] == 14
 
     paper = ["--configfile", "config/presets/paper.yaml"]
     assert not (workflow_copy / "data/raw").exists()

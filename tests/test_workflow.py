@@ -15,7 +15,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from fashionblip2.config import runtime_minutes
+from fashionblip2.config import runtime_minutes, validation_points
 from fashionblip2.datasets.scores import SCORES
 from tests.conftest import REPO, python_first_env, snakemake, source_settings
 
@@ -87,7 +87,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
     assert (workflow_copy / "results/scores/flagged.png").stat().st_size > 1000
     table6 = (workflow_copy / "results/tables/table6.md").read_text()
     assert "cir_mh_unfiltered" in table6 and "filtered minus unfiltered" in table6
-    unfiltered = json.loads((workflow_copy / "models/stage1/cir_mh_unfiltered/training.json").read_text())
+    unfiltered = json.loads((workflow_copy / "models/stage1/cir_mh_unfiltered/seed0/training.json").read_text())
     assert unfiltered["data"]["facap_triplets"] == card["triplets"] > filtered["triplets"]
 
     # The leakage check: the planted copies found, the leaked images gone from FACap (leakage.action:
@@ -132,17 +132,34 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
     t5 = pd.read_csv(workflow_copy / "results/tables/table5.csv")
     assert {"no fine-tuning FIQ low", "no fine-tuning FIQ high"} <= set(t5.columns)
     diff5 = pd.read_csv(workflow_copy / "results/tables/table5_differences.csv")
-    assert len(diff5) == (2 * 3 + 4) * 2 and {"Avg difference low", "p (permutation)"} <= set(diff5.columns)
+    assert len(diff5) == (2 * 3 + 4) * 2 and {"Avg difference low", "p", "Test"} <= set(diff5.columns)
+    # Two seeds: the p-values come from the bootstrap over seeds and queries, not a permutation test.
+    assert set(diff5["Test"]) == {"bootstrap over seeds and queries"}
     for fig in ("figure5.png", "figure6.png"):
         assert (workflow_copy / "results/figures" / fig).stat().st_size > 1000
     fig5 = pd.read_csv(workflow_copy / "results/figures/figure5.csv")
     assert fig5["fraction"].tolist() == [0.5, 1.0]
-    result = json.loads((workflow_copy / "results/eval/stage2/cir_mh/fashioniq.json").read_text())
+    result = json.loads((workflow_copy / "results/eval/stage2/cir_mh/seed0/fashioniq.json").read_text())
     assert set(result["categories"]) == {"dress", "shirt", "toptee"} and 0 <= result["summary"]["Avg"] <= 100
     assert result["provenance"]["data"] == "synthetic" and result["stage"] == "stage2"
-    training = json.loads((workflow_copy / "models/stage1/cir_ctr_mh/training.json").read_text())
+    # Every model once per seed (experiments.seeds: [0, 1]); each run's validation curve ends with the
+    # model the evaluate rule scores, and its best point is an evaluation file of its own.
+    for seed in (0, 1):
+        folder = workflow_copy / f"results/eval/stage2/cir_mh/seed{seed}"
+        last = json.loads((folder / "fashioniq.json").read_text())
+        assert (last["seed"], last["checkpoint"]) == (seed, "last")
+        curve = json.loads((folder / "validation.json").read_text())
+        assert curve["points"][-1]["step"] == 2 and [p["step"] for p in curve["points"]] == [1, 2]
+        assert curve["points"][-1]["summary"] == pytest.approx(last["summary"])
+        best = json.loads((folder / "fashioniq_best.json").read_text())
+        assert (best["seed"], best["checkpoint"], best["step"]) == (seed, "best", curve["best_step"])
+        assert best["summary"]["Avg"] == max(p["summary"]["Avg"] for p in curve["points"])
+    training = json.loads((workflow_copy / "models/stage1/cir_ctr_mh/seed0/training.json").read_text())
     assert training["variant"]["losses"] == ["cir", "ctr"] and training["training"]["steps"] == 3
-    half = json.loads((workflow_copy / "models/stage1/cir_ctr_mh_facap50/training.json").read_text())
+    assert training["training"]["seed"] == 0
+    seed1 = json.loads((workflow_copy / "models/stage1/cir_ctr_mh/seed1/training.json").read_text())
+    assert seed1["training"]["seed"] == 1
+    half = json.loads((workflow_copy / "models/stage1/cir_ctr_mh_facap50/seed0/training.json").read_text())
     assert half["data"]["used"] == round(half["data"]["facap_triplets"] / 2)
     # Figure 5's subsets train for as many epochs as the full set, not as many steps.
     assert half["training"]["steps"] == math.ceil(3 * half["data"]["used"] / half["data"]["facap_triplets"])
@@ -157,7 +174,7 @@ def test_tiny_preset_end_to_end_then_nothing_to_do(workflow_copy, server_factory
             "fashionblip2.cli",
             "search",
             "--model",
-            "models/stage2/cir_mh",
+            "models/stage2/cir_mh/seed0",
             "--index",
             "results/index/stage2/cir_mh",
             "--image",
@@ -322,23 +339,41 @@ def check_minimal_reruns(workdir) -> None:
         assert planned_jobs(workdir, overlay) == {}, overlay
     # Stage 2's learning rate: the seven stage-2 runs (Table 6's unfiltered twin included) and what
     # reads them, nothing upstream.
+    # Each of them at both seeds.
     assert planned_jobs(workdir, {"training": {"stage2": {**stage2, "lr": 3e-4}}}) == {
-        "train_stage2": 7, "evaluate": 7, "table": 4, "figure6": 1, "search_index": 1,
+        "train_stage2": 14, "evaluate": 14, "table": 4, "figure6": 1, "search_index": 1,
     }  # fmt: skip
     # Stage 1's: the six stage-1 runs (Figure 5's half and Table 6's twin included), then stage 2 of
-    # the five that have one.
+    # the five that have one, at both seeds.
     jobs = planned_jobs(workdir, {"training": {"stage1": {**stage1, "lr": 1e-4}}})
-    assert jobs["train_stage1"] == 6 and jobs["train_stage2"] == 5 and "pretrain" not in jobs, jobs
+    assert jobs["train_stage1"] == 12 and jobs["train_stage2"] == 10 and "pretrain" not in jobs, jobs
+    # A third seed: its runs and what averages over seeds; not Figure 6 or the search index (the
+    # first seed's models), and nothing already trained.
+    assert planned_jobs(workdir, {"experiments": {"seeds": [0, 1, 2]}}) == {
+        "train_stage1": 6, "train_stage2": 7, "evaluate": 13, "table": 4, "figure5": 1,
+    }  # fmt: skip
+    # The backbone's pretraining seed: the backbone and everything trained from it; stage 1 and 2 take
+    # their seeds from experiments.seeds.
+    jobs = planned_jobs(workdir, {"training": {"seed": 5}})
+    assert jobs["pretrain"] == 1 and jobs["train_stage1"] == 12 and "tokenizer" not in jobs, jobs
     # One variant: its own chain, and the one table that shows it.
     cir_global = {"losses": ["cir", "ctr"], "adapters": True, "matching": "global", "label": "+ adapters"}
     assert planned_jobs(workdir, {"experiments": {"variants": {"cir_global": cir_global}}}) == {
-        "train_stage1": 1, "train_stage2": 1, "evaluate": 2, "table": 1,
+        "train_stage1": 2, "train_stage2": 2, "evaluate": 4, "table": 1,
     }  # fmt: skip
     # The multi-head similarity scale: the multi-head variants only (global matching has one head).
     assert planned_jobs(workdir, {"model": {"similarity_scale": "sum"}}) == {
-        "train_stage1": 4, "train_stage2": 4, "evaluate": 8, "table": 4, "figure5": 1, "figure6": 1,
+        "train_stage1": 8, "train_stage2": 8, "evaluate": 16, "table": 4, "figure5": 1, "figure6": 1,
         "search_index": 1,
     }  # fmt: skip
+    # Where images become RGB: every FashionBLIP-2 run (it is saved in the model), not the backbone's
+    # pretraining or the scores, which convert first as LAVIS does.
+    assert planned_jobs(workdir, {"images": {"mode": "sprc"}}) == {
+        "train_stage1": 12, "train_stage2": 14, "evaluate": 26, "table": 4, "figure5": 1, "figure6": 1,
+        "search_index": 1,
+    }  # fmt: skip
+    # The batch the learning rate was tuned at scales nothing while lr_scaling is none.
+    assert planned_jobs(workdir, {"training": {"stage2": {**stage2, "lr_reference_batch_size": 128}}}) == {}
     # A leakage threshold or action: the check and everything after FACap, nothing upstream (no embedding,
     # no annotation) and not enhFashionIQ.
     for overlay in ({"leakage": {"hash_max_distance": 2}}, {"leakage": {"action": "report"}}):
@@ -347,7 +382,7 @@ def check_minimal_reruns(workdir) -> None:
     # A filter threshold: from the filter onward (the filtered variants' chains), nothing upstream of it:
     # not the scores, not FACap, not Table 6's unfiltered twin.
     jobs = planned_jobs(workdir, {"facap": {"filters": [{"score": "grounding", "min": 0.9}]}})
-    assert jobs["facap_filtered"] == 1 and jobs["train_stage1"] == 5, jobs
+    assert jobs["facap_filtered"] == 1 and jobs["train_stage1"] == 10, jobs
     assert not set(jobs) & {"triplet_scores", "facap", "pretrain", "enhfashioniq", "leakage"}, jobs
     # A flag threshold of the scores: the validity table and the figures only.
     thresholds = {"caption_faithfulness": -1.0, "grounding": 0.5, "discriminative": 0.25, "form": 1.0}
@@ -359,7 +394,7 @@ def check_minimal_reruns(workdir) -> None:
     # Figure 5's budget: its one subset's chain.
     figure5 = {**test["experiments"]["figure5"], "budget": "steps"}
     assert planned_jobs(workdir, {"experiments": {"figure5": figure5}}) == {
-        "train_stage1": 1, "evaluate": 1, "figure5": 1,
+        "train_stage1": 2, "evaluate": 2, "figure5": 1,
     }  # fmt: skip
     # The modification prompt: modifications onward, no caption.
     prompt = (workdir / "prompts/modification.yaml").read_text() + "# edited\n"
@@ -398,8 +433,15 @@ def check_runtime_requests(workdir, embedded: int) -> None:
     timed = lambda seconds: runtime_minutes(seconds, 1, margin=speeds["margin"], startup_min=speeds["startup_min"])  # noqa: E731
     shards = [embedded // 2, embedded - embedded // 2]  # the tiny preset's two shards
     assert asked["embed"] == {timed(n / speeds["embed_images_per_s"]) for n in shards}
-    steps = preset["training"]["stage1"]["steps"]
-    assert asked["train_stage1"] == {timed(steps * speeds["train_s_per_step"]["stage1"])}
+    # Stage 1's steps and its FashionIQ-val validations (validate_every 2 of 3 steps: at 2 and 3),
+    # each encoding the val gallery and queries.
+    stage1 = preset["training"]["stage1"]
+    images = pd.read_parquet(workdir / "data/manifest/images.parquet")
+    triplets = pd.read_parquet(workdir / "data/manifest/fashioniq_triplets.parquet")
+    items = ((images.source == "fashioniq") & (images.split == "val")).sum() + (triplets.split == "val").sum()
+    assert validation_points(stage1["steps"], stage1["validate_every"]) == 2
+    work = stage1["steps"] * speeds["train_s_per_step"]["stage1"] + 2 * items / speeds["inference_images_per_s"]
+    assert asked["train_stage1"] == {timed(work)}
 
 
 @pytest.mark.e2e
@@ -409,7 +451,7 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(workflow_copy):
     (workflow_copy / "long.yaml").write_text(
         "training:\n  stage1: {steps: 400, batch_size: 4, lr: 5.0e-4, warmup_steps: 1, checkpoint_every: 5}\n"
     )
-    args = ["--cores", "2", "models/stage1/cir_mh", "--configfile", "config/presets/test.yaml", "long.yaml"]
+    args = ["--cores", "2", "models/stage1/cir_mh/seed0", "--configfile", "config/presets/test.yaml", "long.yaml"]
     env = python_first_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", *args],
@@ -419,7 +461,7 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(workflow_copy):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    metrics = workflow_copy / "checkpoints/stage1/cir_mh/metrics.jsonl"
+    metrics = workflow_copy / "checkpoints/stage1/cir_mh/seed0/metrics.jsonl"
     try:
         deadline = time.monotonic() + 600
         while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 30):
@@ -429,17 +471,17 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(workflow_copy):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (workflow_copy / "models/stage1/cir_mh/model.safetensors").exists()
+    assert not (workflow_copy / "models/stage1/cir_mh/seed0/model.safetensors").exists()
     snakemake(workflow_copy, "--unlock", *args[2:])
     snakemake(workflow_copy, *args, "--rerun-incomplete")
-    log = (workflow_copy / "logs/train_stage1/cir_mh.log").read_text()
+    log = (workflow_copy / "logs/train_stage1/cir_mh_seed0.log").read_text()
     assert re.search(r"resuming from \S+checkpoint.pt at step [1-9]\d* of 400", log)
-    steps = [json.loads(line)["step"] for line in (workflow_copy / "models/stage1/cir_mh/metrics.jsonl").open()]
+    steps = [json.loads(line)["step"] for line in (workflow_copy / "models/stage1/cir_mh/seed0/metrics.jsonl").open()]
     assert steps == list(range(1, 401))
-    resumed = (workflow_copy / "models/stage1/cir_mh/model.safetensors").read_bytes()
+    resumed = (workflow_copy / "models/stage1/cir_mh/seed0/model.safetensors").read_bytes()
     snakemake(workflow_copy, *args, "--forcerun", "train_stage1")
-    assert "resuming" not in (workflow_copy / "logs/train_stage1/cir_mh.log").read_text()
-    assert (workflow_copy / "models/stage1/cir_mh/model.safetensors").read_bytes() == resumed
+    assert "resuming" not in (workflow_copy / "logs/train_stage1/cir_mh_seed0.log").read_text()
+    assert (workflow_copy / "models/stage1/cir_mh/seed0/model.safetensors").read_bytes() == resumed
 
 
 def test_lint_is_clean(workflow_copy):

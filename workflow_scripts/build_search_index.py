@@ -49,7 +49,7 @@ def main() -> None:
         raise SystemExit("no manifest image matches --sources and --splits")
     device = resolve_device(args.device, "evaluation.device")
     model = FashionBLIP2.from_pretrained(args.model).to(device).eval()
-    store = ImageStore(manifest_paths(manifest), model.config.blip2_config().vision_config.image_size, cache=False)
+    store = ImageStore.for_model(manifest_paths(manifest), model, cache=False)
     vectors = encode_gallery(model, store, rows["image_id"].tolist(), device, args.batch_size, progress=True)
     save_index(vectors, rows["image_id"].tolist(), rows["path"].tolist(), args.out, model=args.model)
     log.info("indexed %d images -> %s", len(rows), args.out)

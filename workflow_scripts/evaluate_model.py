@@ -79,7 +79,7 @@ def main() -> None:
     available = set(manifest["image_id"])
     model = FashionBLIP2.from_pretrained(args.model).to(device).eval()
     tokenizer = load_tokenizer(args.model)
-    store = ImageStore(manifest_paths(manifest), model.config.blip2_config().vision_config.image_size)
+    store = ImageStore.for_model(manifest_paths(manifest), model)  # as it was trained: size and images.mode
     gallery_report = InputReport()
     galleries = {c: read_gallery(args.fashioniq_root, c, "val", available, gallery_report) for c in categories}
     vectors = {
@@ -100,6 +100,10 @@ def main() -> None:
             "model": args.model,
             "variant": training.get("name"),
             "stage": training.get("stage"),
+            # The tables average over seeds and pair differences by seed; this is the last checkpoint
+            # (a training run writes its best-on-val point itself).
+            "seed": training["training"]["seed"],
+            "checkpoint": "last",
             "skipped": {"queries": report.summary(), "gallery": gallery_report.summary()},
             "provenance": provenance(args.data, args.run_name),
         }

@@ -11,7 +11,8 @@ with "checkpoint": "best" and its step). The model saved is the last step's.
 
 Examples:
     SPEC='{"adapters": true, "losses": ["cir", "ctr"], "matching": "multihead"}'
-    MODEL='{"adapter_factor": 16, "head_dim": 256, "max_text_length": 64, "num_heads": 12}'
+    MODEL='{"adapter_factor": 16, "head_dim": 256, "image_mode": "rgb", "init_temperature": 0.07,
+        "max_text_length": 64, "num_heads": 12}'
     JOB_OPTIONS='{"cache_image_features": true, "device": "auto", "gradient_checkpointing": false}'
     E=results/eval/stage1/cir_ctr_mh/seed0
     python workflow_scripts/train_model.py --stage stage1 --variant cir_ctr_mh --seed 0 --spec "$SPEC" \\
@@ -88,7 +89,8 @@ def main() -> None:
     parser.add_argument(
         "--model-settings",
         required=True,
-        help="JSON: adapter_factor, num_heads, head_dim, max_text_length, similarity_scale",
+        help="JSON: adapter_factor, num_heads, head_dim, max_text_length, similarity_scale, init_temperature, "
+        "image_mode (images.mode)",
     )
     parser.add_argument("--start", required=True, help="a BLIP-2 checkpoint folder, or (stage 2) a stage-1 model")
     parser.add_argument("--tokenizer", required=True)
@@ -164,7 +166,7 @@ def main() -> None:
         cfg.steps,
         model.parameter_counts(),
     )
-    store = ImageStore(manifest_paths(manifest), model.config.blip2_config().vision_config.image_size)
+    store = ImageStore.for_model(manifest_paths(manifest), model)  # its image size and images.mode
     validator = FashionIQValidator.from_fashioniq(
         args.fashioniq_root,
         categories,

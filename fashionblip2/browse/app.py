@@ -215,9 +215,10 @@ def create_app(run: Run, allowed_hosts: list[str] | None = None) -> Starlette:
             return Reference(f"upload:{token}", "upload", lambda: picture)
         image_id = str(spec["image_id"])
         path = run.paths.file(image_id)  # checked now: an unknown or refused image fails before any model loads
-        from fashionblip2.common.images import load_rgb
+        from fashionblip2.common.images import load_as_stored
 
-        return Reference(f"id:{image_id}", image_id, lambda: load_rgb(path))
+        # As the file stores it: each model converts it to RGB as it was trained (images.mode).
+        return Reference(f"id:{image_id}", image_id, lambda: load_as_stored(path))
 
     def answer(body: dict[str, Any]) -> dict[str, Any]:
         names = body.get("models", [body["model"]] if "model" in body else [])

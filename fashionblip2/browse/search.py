@@ -28,8 +28,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fashionblip2.browse.data import BrowseError
-from fashionblip2.common.images import load_rgb
-from fashionblip2.model.processing import normalise, target_pad
+from fashionblip2.common.images import load_as_stored
+from fashionblip2.model.processing import model_image, normalise
 
 INDEXES = "results/index"  # results/index/<stage>/<variant>, as rules/common.smk's SEARCH_INDEX
 MODELS = "models"  # models/<stage>/<variant>: for an index that records no model folder
@@ -59,7 +59,8 @@ def clean_name(raw: str | None) -> str:
 
 
 def decode_upload(data: bytes) -> Image.Image:
-    """An uploaded file as an RGB image, or a BrowseError saying why not. The size is read from the
+    """An uploaded file as its file stores it (each model converts it to RGB as it was trained:
+    images.mode), or a BrowseError saying why not. The size is read from the
     header and checked before a pixel is decoded; PIL's decompression-bomb warning is an error."""
     if not data:
         raise BrowseError("the upload is empty")
@@ -89,7 +90,7 @@ def decode_upload(data: bytes) -> Image.Image:
             raise BrowseError("not an image: the file's format is not recognised") from None
         except (OSError, SyntaxError, ValueError) as e:  # PIL's truncated or corrupt data
             raise BrowseError(f"the image is truncated or corrupt: {e}") from None
-        return load_rgb(io.BytesIO(data))  # the workflow's own conversion (alpha over white, 16-bit scaled)
+        return load_as_stored(io.BytesIO(data))
 
 
 class Uploads:
@@ -163,9 +164,10 @@ def discover(root: Path) -> dict[str, tuple[Path, Path]]:
     return found
 
 
-def pixels_of(image: Image.Image, size: int) -> torch.Tensor:
-    """(1, 3, size, size): the preprocessing of ImageStore (target pad, resize, crop, CLIP's normalisation)."""
-    array = np.asarray(target_pad(image, size), dtype=np.uint8).copy()
+def pixels_of(image: Image.Image, size: int, mode: str = "rgb") -> torch.Tensor:
+    """(1, 3, size, size): the preprocessing of ImageStore of an image as its file stores it (RGB where
+    ``mode`` says, target pad, resize, crop, CLIP's normalisation)."""
+    array = np.asarray(model_image(image, size, mode), dtype=np.uint8).copy()
     return normalise(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0))
 
 
@@ -187,6 +189,7 @@ class LoadedModel:
     def __post_init__(self) -> None:
         self.position = {k: i for i, k in enumerate(self.ids)}
         self.image_size = self.model.config.blip2_config().vision_config.image_size
+        self.image_mode = self.model.config.image_mode
         dim = self.model.heads * self.model.config.head_dim
         if self.index.d != dim:
             raise BrowseError(
@@ -212,7 +215,7 @@ class LoadedModel:
             if key in self._features:
                 self._features.move_to_end(key)
                 return self._features[key]
-        out = self.model.image_features(pixels_of(image(), self.image_size).to(self.device))
+        out = self.model.image_features(pixels_of(image(), self.image_size, self.image_mode).to(self.device))
         with self._lock:
             self._features[key] = out
             while len(self._features) > self.features_kept:

@@ -72,7 +72,9 @@ CHANCE = "chance"  # Table 3's chance row: "chance (random ranking)"
 METRICS_NOTE = (
     "R@K: recall at K (%) on the FashionIQ validation queries of a category; Avg: the mean of the "
     "categories' mean R@10 and mean R@50. FIQ: FashionIQ validation's Avg; enhFIQ: enhFashionIQ's Avg. "
-    "Intervals: bootstrap 95 % over queries."
+    "Each number is the mean over the run's training seeds (experiments.seeds; the weights here are the "
+    "first seed's), with a 95 % bootstrap interval over seeds and queries. '(best on val)': the validation "
+    "step with the best FashionIQ Avg, chosen on the set it is reported on (as SPRC reports)."
 )
 
 
@@ -371,8 +373,7 @@ def model_card(
         f'folder = snapshot_download("{repo}")   # or the local copy, "{folder}"\n'
         "model = FashionBLIP2.from_pretrained(folder).eval()\n"
         "tokenizer = load_tokenizer(folder)\n"
-        "size = model.config.blip2_config().vision_config.image_size\n"
-        'images = ImageStore({"reference": "dress.jpg", "candidate": "other.jpg"}, size, cache=False)\n'
+        'images = ImageStore.for_model({"reference": "dress.jpg", "candidate": "other.jpg"}, model, cache=False)\n'
         'ids, mask = tokenize(tokenizer, ["is red and has shorter sleeves"], model.config.max_text_length)\n'
         "with torch.no_grad():\n"
         '    query = model.query_embedding(images.pixels(["reference"]), ids, mask)\n'

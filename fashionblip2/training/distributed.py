@@ -15,6 +15,7 @@ back to it (times ``world_size``), each rank re-embeds its own micro-batches, an
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -30,7 +31,9 @@ def init_from_env(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # Rank 0 validates on FashionIQ val while the others wait at a barrier: at paper scale one
+    # validation re-encodes ~21k images, which can outlast the default 10-minute collective timeout.
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     return device
 
 

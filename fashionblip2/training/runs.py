@@ -192,6 +192,8 @@ class ModelSettings:
     head_dim: int
     max_text_length: int
     similarity_scale: str | None
+    init_temperature: float  # the temperature's start when the heads are created (model.init_temperature)
+    image_mode: str  # images.mode: where the images become RGB, saved in the model's config
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ModelSettings:
@@ -238,6 +240,8 @@ def build_model(start: str | os.PathLike[str], variant: Variant, settings: Model
             num_heads=settings.num_heads,
             head_dim=settings.head_dim,
             max_text_length=settings.max_text_length,
+            init_temperature=settings.init_temperature,
+            image_mode=settings.image_mode,
             # Global matching leaves it to the model's own (meaningless with one head).
             **({"similarity_scale": settings.similarity_scale} if settings.similarity_scale else {}),
         )

@@ -467,7 +467,7 @@ def test_writing_is_atomic(run, tmp_path, monkeypatch):
 def test_the_finished_run_of_this_checkout_releases(tmp_path):
     """The real files of a finished embedded-default run (skipped without one): its tables' layout,
     its FACap and its model, as the release rule reads them."""
-    needed = [REPO / p for p in ("data/facap/triplets.parquet", "models/stage2/cir_mh/training.json")]
+    needed = [REPO / p for p in ("data/facap/triplets.parquet", "models/stage2/cir_mh/seed0/training.json")]
     needed += [REPO / f"results/tables/table{n}.csv" for n in (3, 4, 5)]
     if not all(p.exists() for p in needed):
         pytest.skip("no finished embedded-default run in this checkout (snakemake --cores 2 all)")
@@ -480,12 +480,12 @@ def test_the_finished_run_of_this_checkout_releases(tmp_path):
     assert written.rows == len(pd.read_parquet(REPO / "data/facap/triplets.parquet"))
     assert load_offline(tmp_path / "facap", tmp_path / "hf")["rows"][0]["reference_path"] is not None
     model = release_model.prepare_model(
-        REPO / "models/stage2/cir_mh", tables, REPO / "models/stage1/cir_mh", "", written.rows
+        REPO / "models/stage2/cir_mh/seed0", tables, REPO / "models/stage1/cir_mh/seed0", "", written.rows
     )
     release_model.write_model_release(model, tmp_path / "cir_mh")
     assert [r.table for r in release_model.variant_rows(tables, "cir_mh", "stage2")] == ["table3", "table4", "table5"]
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    a = FashionBLIP2.from_pretrained(REPO / "models/stage2/cir_mh").eval()
+    a = FashionBLIP2.from_pretrained(REPO / "models/stage2/cir_mh/seed0").eval()
     b = FashionBLIP2.from_pretrained(tmp_path / "cir_mh").eval()
     with torch.no_grad():
         assert torch.equal(a.gallery_embedding(pixels), b.gallery_embedding(pixels))
