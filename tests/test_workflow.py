@@ -449,7 +449,8 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(workflow_copy):
     """Kill Snakemake (and its job) in the middle of stage 1; the rerun resumes from the checkpoint and
     ends with the same weights as a run that was never interrupted."""
     (workflow_copy / "long.yaml").write_text(
-        "training:\n  stage1: {steps: 400, batch_size: 4, lr: 5.0e-4, warmup_steps: 1, checkpoint_every: 5}\n"
+        "training:\n  stage1: {steps: 400, batch_size: 4, lr: 5.0e-4, warmup_steps: 1, checkpoint_every: 5,"
+        " validate_every: 100}\n"
     )
     args = ["--cores", "2", "models/stage1/cir_mh/seed0", "--configfile", "config/presets/test.yaml", "long.yaml"]
     env = python_first_env()
@@ -464,7 +465,8 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(workflow_copy):
     metrics = workflow_copy / "checkpoints/stage1/cir_mh/seed0/metrics.jsonl"
     try:
         deadline = time.monotonic() + 600
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 30):
+        # Past the first validation point (step 100), so that the resumed run must keep it, not add it again.
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 130):
             assert proc.poll() is None, "snakemake ended before it could be killed"
             assert time.monotonic() < deadline, "stage 1 never started"
             time.sleep(0.2)
@@ -479,9 +481,15 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(workflow_copy):
     steps = [json.loads(line)["step"] for line in (workflow_copy / "models/stage1/cir_mh/seed0/metrics.jsonl").open()]
     assert steps == list(range(1, 401))
     resumed = (workflow_copy / "models/stage1/cir_mh/seed0/model.safetensors").read_bytes()
+    curve_file = workflow_copy / "results/eval/stage1/cir_mh/seed0/validation.json"
+    killed_curve = json.loads(curve_file.read_text())
     snakemake(workflow_copy, *args, "--forcerun", "train_stage1")
     assert "resuming" not in (workflow_copy / "logs/train_stage1/cir_mh_seed0.log").read_text()
     assert (workflow_copy / "models/stage1/cir_mh/seed0/model.safetensors").read_bytes() == resumed
+    # The validation curve too: one point per 100 steps, none twice, the same whether killed or not.
+    curve = json.loads(curve_file.read_text())
+    assert [p["step"] for p in curve["points"]] == [100, 200, 300, 400]
+    assert [p["summary"] for p in killed_curve["points"]] == [p["summary"] for p in curve["points"]]
 
 
 def test_lint_is_clean(workflow_copy):
