@@ -425,11 +425,10 @@ def stage_model(stage, variant="{variant}", seed="{seed}"):
     return MODEL.format(stage=stage, variant=variant, seed=seed)
 
 
-def training_outputs(stage):
-    """A training run's outputs: its model folder, and its validation curve with the best point."""
+def validation_outputs(stage):
+    """A training run's outputs besides its model folder: its validation curve and the best point."""
     keys = dict(stage=stage, variant="{variant}", seed="{seed}")
     return {
-        "model": directory(stage_model(stage)),
         "curve": VALIDATION_CURVE.format(**keys),
         "best": BEST_EVALUATION.format(**keys),
         "best_rankings": BEST_RANKINGS.format(**keys),
@@ -566,7 +565,7 @@ JOB_OPTIONS = {
     },
     "embed": "--device {device} --batch-size {batch_size} --workers {loader_workers}".format(**config["embedding"]),
     "evaluation": "--device {device} --batch-size {batch_size}".format(**config["evaluation"]),
-    # A training run's validation encodes as the evaluate rule does (its batch size: memory only).
+    # A training run's validation encodes as the evaluate rule does, with its batch size (memory only).
     "validation": "--validation-batch-size {batch_size}".format(**config["evaluation"]),
     "training": as_json(training_job_options(config)),
     "launcher": {name: launcher(name) for name in ("pretrain", "train_stage1", "train_stage2")},
