@@ -73,8 +73,8 @@ rule train_stage1:
         start=backbone_dir(),
         tokenizer=tokenizer_dir(),
     output:
-        model=directory(stage_model("stage1")),
         **validation_outputs("stage1"),
+        model=directory(stage_model("stage1")),
     log:
         log_file("train_stage1", "{variant}_seed{seed}"),
     conda:
@@ -113,8 +113,8 @@ rule train_stage2:
         start=stage2_start,
         tokenizer=tokenizer_dir(),
     output:
-        model=directory(stage_model("stage2")),
         **validation_outputs("stage2"),
+        model=directory(stage_model("stage2")),
     log:
         log_file("train_stage2", "{variant}_seed{seed}"),
     conda:
