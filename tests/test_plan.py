@@ -55,8 +55,11 @@ def test_counts_come_from_config_before_the_data_exist():
         sum(v["paired"] for k, v in images.items() if k != "catalogue"),
         counts.pairs,
         counts.paired,
+        # Each training validation encodes FashionIQ val's images and queries.
+        config["plan"]["fashioniq_val"]["images"] + config["plan"]["fashioniq_val"]["queries"],
         counts.basis,
     )
+    assert counts.basis["validation_items"] == "stated (plan.fashioniq_val)"
     assert counts.pairs == round(counts.paired * config["plan"]["pairs_per_image"])
     del config["plan"]["images"]["fashioniq"]
     with pytest.raises(ValueError, match="plan.images has no entry for the enabled source"):
