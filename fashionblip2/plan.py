@@ -66,7 +66,7 @@ def stated_counts(config: dict[str, Any]) -> Counts:
 
 def measured_counts(config: dict[str, Any], manifest: Any | None, pairs: Any | None) -> Counts:
     """The counts from what exists (DataFrames, or None), the rest as stated."""
-    from fashionblip2.sources.manifest import select_for_pairing
+    from fashionblip2.sources.manifest import fashioniq_val_images, select_for_pairing
 
     counts = stated_counts(config)
     if manifest is not None:
@@ -76,9 +76,8 @@ def measured_counts(config: dict[str, Any], manifest: Any | None, pairs: Any | N
         counts.pairs = round(counts.paired * config["plan"]["pairs_per_image"])
         counts.caption_images = counts.paired
         counts.basis.update({k: "counted (manifest)" for k in ("images", "paired", "pairs", "caption_images")})
-        categories = config["sources"]["fashioniq"]["categories"]
-        val = (manifest["source"] == "fashioniq") & (manifest["split"] == "val") & manifest["category"].isin(categories)
-        counts.validation_items = int(val.sum()) + config["plan"]["fashioniq_val"]["queries"]
+        val_images = fashioniq_val_images(manifest, config["sources"]["fashioniq"]["categories"])
+        counts.validation_items = val_images + config["plan"]["fashioniq_val"]["queries"]
         counts.basis["validation_items"] = "images counted (manifest), queries stated (plan.fashioniq_val)"
     if pairs is not None:
         counts.pairs = len(pairs)

@@ -32,7 +32,7 @@ from fashionblip2.config import (
 )
 from fashionblip2.datasets.scores import SCORES
 from fashionblip2.pairing.embedding_file import shard_bounds
-from fashionblip2.sources.manifest import count_for_pairing
+from fashionblip2.sources.manifest import count_for_pairing, fashioniq_val_images
 
 SYNTHETIC_WORLD = "data/synthetic/world"
 # A source whose root is "download" is fetched here from the URLs in downloads.files.<source>.
@@ -763,7 +763,7 @@ def training_runtime(run):
         categories = config["sources"]["fashioniq"]["categories"]
         images = pq.read_table(made(input.manifest), columns=["source", "split", "category"]).to_pandas()
         queries = pq.read_table(made(input.triplets), columns=["split", "category"]).to_pandas()
-        items = int(((images.source == "fashioniq") & (images.split == "val") & images.category.isin(categories)).sum())
+        items = fashioniq_val_images(images, categories)
         items += int(((queries.split == "val") & queries.category.isin(categories)).sum())
         return runtime_for(cfg.training_seconds(config, run, steps, items), 1.0)
 

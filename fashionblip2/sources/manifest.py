@@ -174,6 +174,12 @@ def select_for_pairing(images: pd.DataFrame, sources: list[str], fashioniq_split
     return images[keep].reset_index(drop=True)
 
 
+def fashioniq_val_images(manifest: pd.DataFrame, categories: list[str]) -> int:
+    """FashionIQ val's images of ``categories``: what a training run's validation encodes as gallery."""
+    val = (manifest["source"] == "fashioniq") & (manifest["split"] == "val") & manifest["category"].isin(categories)
+    return int(val.sum())
+
+
 def count_for_pairing(manifest: str | os.PathLike[str], sources: list[str], fashioniq_splits: list[str]) -> int:
     """How many manifest images :func:`select_for_pairing` chooses (reads two columns only)."""
     return len(select_for_pairing(pd.read_parquet(manifest, columns=["source", "split"]), sources, fashioniq_splits))
